@@ -1,0 +1,55 @@
+"""The ``damnet`` command: one sub-command per pipeline step.
+
+Errors in the user's input (``DamnetError``) print one ``error:`` line and exit with
+status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from damnet import __version__
+from damnet.errors import DamnetError
+
+#: sub-command -> module in this package
+STEPS = {
+    "synth": "components.synth",
+    "ingest": "components.ingest",
+    "demo": "components.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="damnet",
+        description="DAM-Net: adapt a building change-detection model to a new region.",
+    )
+    parser.add_argument("--version", action="version", version=f"damnet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    for name, module_name in STEPS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0],
+                           description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args._run(args)
+    except DamnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

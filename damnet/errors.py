@@ -1,0 +1,38 @@
+"""Errors a user can act on.
+
+Every error names the file (or URI) and the problem, so the command line can print one
+line instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+
+class DamnetError(Exception):
+    """Base class for errors that are the user's input, not a bug."""
+
+
+class ImageryError(DamnetError):
+    """One image (or image pair) cannot be used.
+
+    Args:
+        path: the file that is wrong.
+        problem: what is wrong with it, in words a user understands.
+    """
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ImageryErrors(DamnetError):
+    """Several inputs of one folder or region are wrong; each listed on its own line."""
+
+    def __init__(self, errors: list[ImageryError]) -> None:
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(f"{len(self.errors)} problem(s) in the imagery:\n{lines}")
+
+
+class StorageError(DamnetError):
+    """A storage URI is malformed, missing or cannot be written."""

@@ -1,0 +1,245 @@
+"""Tiling a region into georeferenced tiles and a tile manifest.
+
+``ingest`` turns a region folder (local or ``s3://``) into::
+
+    OUT/manifest.json                      # the commit point, written last
+    OUT/tiles/<version>/A/<tile_id>.tif    # pre image, 3 x uint8, internal nodata mask
+    OUT/tiles/<version>/B/<tile_id>.tif    # post image on the pre grid
+    OUT/tiles/<version>/label/<tile_id>.tif  # 0/1 change label, when the region has labels
+
+``<version>`` is a hash of the input files' contents and the tiling settings. Re-ingesting
+the same inputs finds the finished manifest and does nothing; a run that fails half-way
+leaves the previous manifest and the tiles it points to untouched.
+
+Tiles are read window by window, so a scene larger than memory tiles with bounded RAM.
+The grid starts at the top-left of the area both dates cover and steps by
+``size - overlap``; tiles reaching past the edge are padded and the padding is masked, so
+every pixel is covered exactly once when ``overlap`` is 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+from rasterio.windows import bounds as window_bounds
+
+from damnet import __version__, storage
+from damnet.imagery import PairFiles, check_region, opened
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "damnet.tiles/1"
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How a region is cut. ``bands`` are 1-based R, G, B band numbers (None: exactly 3)."""
+
+    size: int = 256
+    overlap: int = 0
+    bands: tuple[int, ...] | None = None
+    require_labels: bool = False
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size < 32:
+            raise ValueError(f"tile size must be at least 32 pixels, got {self.size}")
+        if not 0 <= self.overlap < self.size:
+            raise ValueError(f"overlap must be in [0, size), got {self.overlap} for size {self.size}")
+
+
+def tile_windows(area: Window, size: int, overlap: int = 0) -> list[Window]:
+    """Windows of ``size`` that cover ``area``, neighbours sharing ``overlap`` pixels.
+
+    The last row/column may reach past ``area``; callers pad and mask it.
+    """
+    stride = size - overlap
+
+    def starts(offset: float, length: float) -> list[int]:
+        n = max(1, math.ceil((length - overlap) / stride))
+        return [int(offset) + k * stride for k in range(n)]
+
+    return [
+        Window(col, row, size, size)
+        for row in starts(area.row_off, area.height)
+        for col in starts(area.col_off, area.width)
+    ]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _rel(root: Path, path: Path | None) -> str | None:
+    return None if path is None else path.relative_to(root).as_posix()
+
+
+def _band_stats(img: np.ndarray, valid: np.ndarray) -> dict:
+    if not valid.any():
+        return {"mean": [None] * img.shape[0], "std": [None] * img.shape[0]}
+    px = img[:, valid].astype(np.float32)
+    return {"mean": [round(float(v), 3) for v in px.mean(1)],
+            "std": [round(float(v), 3) for v in px.std(1)]}
+
+
+def _write_tile(uri: str, data: np.ndarray, transform: Affine, crs, mask: np.ndarray | None) -> None:
+    profile = {
+        "driver": "GTiff", "height": data.shape[1], "width": data.shape[2],
+        "count": data.shape[0], "dtype": data.dtype.name, "transform": transform,
+        "compress": "deflate",
+    }
+    if crs is not None:
+        profile["crs"] = crs
+    with (storage.storage_for(uri).writing(uri, suffix=".tif") as tmp,
+          rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+          rasterio.open(tmp, "w", **profile) as dst):
+        dst.write(data)
+        if mask is not None:
+            dst.write_mask(mask.astype(np.uint8) * 255)
+
+
+def read_tile(region_uri: str, tile: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(pre, post, valid, label)`` of one manifest tile: (3,H,W) uint8 x2, (H,W) bool, (H,W) 0/1."""
+    out = []
+    for key in ("pre", "post"):
+        with storage.local_copy(storage.join(region_uri, tile["files"][key])) as p, rasterio.open(p) as src:
+            out.append((src.read(), src.read_masks(1) > 0))
+    label = None
+    if tile["files"].get("label"):
+        with storage.local_copy(storage.join(region_uri, tile["files"]["label"])) as p, \
+                rasterio.open(p) as src:
+            label = src.read(1)
+    return out[0][0], out[1][0], out[0][1] & out[1][1], label
+
+
+def load_manifest(region_uri: str) -> dict:
+    uri = storage.join(region_uri, MANIFEST)
+    return json.loads(storage.storage_for(uri).get_text(uri))
+
+
+def _version(root: Path, pairs: list[PairFiles], config: TilingConfig) -> str:
+    h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    for p in pairs:
+        for path in (p.pre, p.post, p.label):
+            if path is not None:
+                h.update(f"{_rel(root, path)}={_sha256(path)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _up_to_date(store: storage.Storage, out_uri: str, version: str) -> dict | None:
+    manifest_uri = storage.join(out_uri, MANIFEST)
+    if not store.exists(manifest_uri):
+        return None
+    manifest = json.loads(store.get_text(manifest_uri))
+    if manifest.get("version") != version:
+        return None
+    present = set(store.list(storage.join(out_uri, "tiles", version)))
+    wanted = {storage.join(out_uri, f) for t in manifest["tiles"] for f in t["files"].values() if f}
+    return manifest if wanted <= present else None
+
+
+def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
+           progress: bool | None = None) -> dict:
+    """Check, co-register and tile a region; return (and write) its manifest.
+
+    Raises :class:`~damnet.errors.ImageryErrors` listing every bad input unless
+    ``config.skip_bad`` is set, in which case each bad pair is one warning line.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or TilingConfig()
+    store = storage.storage_for(out_uri)
+    started = time.time()
+    with storage.local_tree(in_uri) as root:
+        pairs, skipped = check_region(root, bands=config.bands,
+                                      require_labels=config.require_labels,
+                                      skip_bad=config.skip_bad)
+        version = _version(root, pairs, config)
+        existing = _up_to_date(store, out_uri, version)
+        if existing is not None:
+            log.info("%s is up to date (version %s): nothing to do", out_uri, version)
+            return existing
+        tile_dir = f"tiles/{version}"
+        pair_records, tiles = [], []
+        for files in pairs:
+            with opened(files, bands=config.bands, require_labels=config.require_labels) as pair:
+                windows = tile_windows(pair.window, config.size, config.overlap)
+                crs = pair.crs
+                record = {
+                    "name": files.name,
+                    "layout": files.layout,
+                    "files": {"pre": _rel(root, files.pre), "post": _rel(root, files.post),
+                              "label": _rel(root, files.label)},
+                    "crs": crs.to_string() if crs else None,
+                    "transform": list(pair.transform)[:6],
+                    "width": pair.pre.width,
+                    "height": pair.pre.height,
+                    "area": {"col_off": int(pair.window.col_off), "row_off": int(pair.window.row_off),
+                             "width": int(pair.window.width), "height": int(pair.window.height)},
+                    "dtype": {"pre": pair.pre.dtypes[0], "post": pair.post.dtypes[0]},
+                    "stretch": {"pre": asdict(pair.stretch_pre), "post": asdict(pair.stretch_post)},
+                    "notes": pair.notes,
+                    "tiles": 0,
+                }
+                bar = tqdm(windows, desc=f"tile {files.name}", unit="tile", leave=False,
+                           disable=None if progress is None else not progress)
+                for win in bar:
+                    pre, post, valid, label = pair.read(win)
+                    if not valid.any():
+                        continue
+                    row, col = int(win.row_off), int(win.col_off)
+                    tile_id = f"{files.name}_r{row:05d}_c{col:05d}"
+                    transform = pair.transform @ Affine.translation(col, row)
+                    out_files = {"pre": f"{tile_dir}/A/{tile_id}.tif",
+                                 "post": f"{tile_dir}/B/{tile_id}.tif", "label": None}
+                    _write_tile(storage.join(out_uri, out_files["pre"]), pre, transform, crs, valid)
+                    _write_tile(storage.join(out_uri, out_files["post"]), post, transform, crs, valid)
+                    if label is not None:
+                        out_files["label"] = f"{tile_dir}/label/{tile_id}.tif"
+                        _write_tile(storage.join(out_uri, out_files["label"]), label[None],
+                                    transform, crs, None)
+                    tiles.append({
+                        "tile_id": tile_id,
+                        "pair": files.name,
+                        "window": {"col_off": col, "row_off": row,
+                                   "width": config.size, "height": config.size},
+                        "bounds": [round(v, 6) for v in window_bounds(win, pair.transform)],
+                        "crs": record["crs"],
+                        "transform": list(transform)[:6],
+                        "nodata_fraction": round(1 - float(valid.mean()), 6),
+                        "change_fraction": None if label is None
+                        else round(float(label[valid].mean()), 6),
+                        "stats": {"pre": _band_stats(pre, valid), "post": _band_stats(post, valid)},
+                        "files": out_files,
+                    })
+                    record["tiles"] += 1
+                pair_records.append(record)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": version,
+        "code_version": __version__,
+        "source": in_uri,
+        "config": asdict(config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 2),
+        "pairs": pair_records,
+        "skipped": [str(e) for e in skipped],
+        "tiles": tiles,
+    }
+    store.put_text(storage.join(out_uri, MANIFEST), json.dumps(manifest, indent=1))
+    return manifest

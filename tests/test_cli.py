@@ -1,0 +1,61 @@
+"""The ``damnet`` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from conftest import rng_image, write_png
+
+from components.cli import STEPS
+
+
+def damnet(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "components.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_bad_imagery_is_one_clear_error_not_a_traceback(tmp_path):
+    write_png(tmp_path / "in" / "A" / "x.png", rng_image(0, (4, 64, 64)))
+    write_png(tmp_path / "in" / "B" / "x.png", rng_image(1, (4, 64, 64)))
+    result = damnet("ingest", "--imagery", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert "A/x.png: has 4 bands (RGBA)" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_ingest_command_writes_manifest_and_says_what_it_made(tmp_path):
+    for d in ("A", "B"):
+        write_png(tmp_path / "in" / d / "x.png", rng_image(0, (3, 100, 100)))
+    write_png(tmp_path / "in" / "label" / "x.png", (np.arange(10000).reshape(100, 100) % 2) * 255)
+    result = damnet("ingest", "--imagery", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                    "--tile-size", "64", "--require-labels")
+    assert result.returncode == 0, result.stderr
+    assert "4 tile(s) from 1 pair(s)" in result.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert len(manifest["tiles"]) == 4
+
+
+def test_demo_generates_and_tiles_a_source_and_a_target_region(tmp_path):
+    result = damnet("demo", "--out", str(tmp_path / "demo"), "--scenes", "1", "--size", "256",
+                    "--tile-size", "128")
+    assert result.returncode == 0, result.stderr
+    for region, labelled in (("source", True), ("newtown", False)):
+        manifest = json.loads((tmp_path / "demo" / "regions" / region / "manifest.json").read_text())
+        assert len(manifest["tiles"]) == 4
+        assert all((t["files"]["label"] is not None) == labelled for t in manifest["tiles"])
+        assert (tmp_path / "demo" / "quicklooks" / f"{region}.png").exists()
+    # The target's ground truth is kept apart from the imagery the pipeline reads.
+    assert (tmp_path / "demo" / "truth" / "newtown" / "label" / "scene_000.tif").exists()
+    assert not (tmp_path / "demo" / "raw" / "newtown" / "label").exists()
+    assert "regions/newtown" in result.stdout
+
+
+def test_every_step_has_help():
+    for step in STEPS:
+        result = damnet(step, "--help")
+        assert result.returncode == 0 and "usage: damnet" in result.stdout
