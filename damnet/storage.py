@@ -30,6 +30,16 @@ S3_TMP_PREFIX = ".damnet-tmp/"
 _LOCAL_TMP_MARK = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: mkstemp creates files readable by the owner only; finished files get the usual mode.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
@@ -147,6 +157,7 @@ class LocalStorage(Storage):
         tmp = Path(name)
         try:
             yield tmp
+            os.chmod(tmp, _FILE_MODE)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)

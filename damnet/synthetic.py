@@ -95,9 +95,9 @@ class DomainStyle:
     noise_std: float = 0.012  #: in reflectance units
     misregistration: float = 0.5  #: max shift of the second date, pixels
     # Changes
-    development_share: float = 0.2  #: share of blocks built up between the dates
-    new_building_rate: float = 0.04  #: share of other lots built by the second date
-    demolition_rate: float = 0.03  #: share of first-date buildings gone by the second
+    development_share: float = 0.3  #: share of blocks built up between the dates
+    new_building_rate: float = 0.08  #: share of other empty lots built by the second date
+    demolition_rate: float = 0.04  #: share of first-date buildings gone by the second
     crs: str = "EPSG:32631"
 
     def to_dict(self) -> dict:
