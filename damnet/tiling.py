@@ -216,6 +216,7 @@ def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
                     tiles.append({
                         "tile_id": tile_id,
                         "pair": files.name,
+                        "sources": record["files"],
                         "window": {"col_off": col, "row_off": row,
                                    "width": config.size, "height": config.size},
                         "bounds": [round(v, 6) for v in window_bounds(win, pair.transform)],
