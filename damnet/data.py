@@ -1,0 +1,167 @@
+"""Tiles as tensors: a region's tiles, and reproducible training batches drawn from them.
+
+A :class:`TileSet` reads the tiles of a manifest (optionally keeping them in memory). A
+:class:`Stream` draws training batches whose content is a pure function of
+``(seed, stream name, step)``: a run resumed at step N sees exactly the batches an
+uninterrupted run would, and DDP ranks take disjoint slices of the same global batch.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from damnet.tiling import load_manifest, read_tile
+
+
+@dataclass
+class Batch:
+    """``pre``/``post`` (B, 3, H, W) uint8, ``label`` (B, H, W) int64 or None, ``valid`` (B, H, W) bool."""
+
+    pre: torch.Tensor
+    post: torch.Tensor
+    label: torch.Tensor | None
+    valid: torch.Tensor
+    index: torch.Tensor  #: positions in the TileSet
+
+    def to(self, device) -> Batch:
+        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(mv(self.pre), mv(self.post), mv(self.label), mv(self.valid), self.index)
+
+
+class TileSet:
+    """The tiles of one region (``region_uri`` holds its ``manifest.json``).
+
+    ``labels``: which tiles have labels the consumer may use - ``"manifest"`` (the label
+    files the manifest lists), ``None`` (no labels), or a mapping ``tile_id -> label URI``
+    (e.g. imported micro labels).
+    """
+
+    def __init__(self, region_uri: str, tile_ids: Sequence[str] | None = None,
+                 labels: str | dict | None = "manifest", cache: bool = True) -> None:
+        self.region_uri = region_uri
+        manifest = load_manifest(region_uri)
+        tiles = manifest["tiles"]
+        if tile_ids is not None:
+            by_id = {t["tile_id"]: t for t in tiles}
+            missing = [i for i in tile_ids if i not in by_id]
+            if missing:
+                raise KeyError(f"{region_uri}: unknown tile id(s) {missing[:5]}")
+            tiles = [by_id[i] for i in tile_ids]
+        self.tiles = tiles
+        self.labels = labels
+        self.cache = cache
+        self._cache: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    @property
+    def ids(self) -> list[str]:
+        return [t["tile_id"] for t in self.tiles]
+
+    def subset(self, indices: Sequence[int], labels: str | dict | None = "same") -> TileSet:
+        out = TileSet.__new__(TileSet)
+        out.region_uri = self.region_uri
+        out.tiles = [self.tiles[i] for i in indices]
+        out.labels = self.labels if labels == "same" else labels
+        out.cache = self.cache
+        out._cache = {}
+        return out
+
+    def has_labels(self) -> bool:
+        if self.labels is None:
+            return False
+        if isinstance(self.labels, dict):
+            return all(t["tile_id"] in self.labels for t in self.tiles)
+        return all(t["files"].get("label") for t in self.tiles)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """(pre, post, label or None, valid) of tile ``i`` as numpy arrays."""
+        if i in self._cache:
+            return self._cache[i]
+        tile = self.tiles[i]
+        pre, post, valid, label = read_tile(self.region_uri, tile)
+        if self.labels is None:
+            label = None
+        elif isinstance(self.labels, dict):
+            label = _read_label(self.labels[tile["tile_id"]])
+        item = (pre, post, label, valid)
+        if self.cache:
+            self._cache[i] = item
+        return item
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        items = [self.load(int(i)) for i in indices]
+        labels = None if any(it[2] is None for it in items) else torch.from_numpy(
+            np.stack([it[2] for it in items]).astype(np.int64))
+        return Batch(torch.from_numpy(np.stack([it[0] for it in items])),
+                     torch.from_numpy(np.stack([it[1] for it in items])), labels,
+                     torch.from_numpy(np.stack([it[3] for it in items])),
+                     torch.as_tensor(list(indices)))
+
+    def iter_batches(self, batch_size: int) -> Iterator[Batch]:
+        """All tiles in order, ``batch_size`` at a time (memory bounded by one batch)."""
+        for start in range(0, len(self), batch_size):
+            yield self.batch(range(start, min(start + batch_size, len(self))))
+
+
+def _read_label(uri: str) -> np.ndarray:
+    import rasterio
+
+    from damnet import storage
+
+    with storage.local_copy(uri) as path, rasterio.open(path) as src:
+        return (src.read(1) > 0).astype(np.uint8)
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+class Stream:
+    """Reproducible augmented batches from a TileSet: ``stream.batch(step)``.
+
+    Random crops of ``crop`` pixels (None: whole tiles), flips and 90-degree rotations.
+    """
+
+    def __init__(self, tiles: TileSet, batch_size: int, crop: int | None = None,
+                 seed: int = 0, name: str = "stream", augment: bool = True) -> None:
+        if len(tiles) == 0:
+            raise ValueError(f"stream {name!r} has no tiles")
+        self.tiles, self.batch_size, self.crop = tiles, batch_size, crop
+        self.seed, self.name, self.augment = seed, name, augment
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
+        g = torch.Generator().manual_seed(_seed(self.seed, self.name, step))
+        n = self.batch_size * world
+        idx = torch.randint(len(self.tiles), (n,), generator=g)
+        size = self.tiles.load(int(idx[0]))[0].shape[-1]
+        crop = self.crop or size
+        offs = torch.randint(size - crop + 1, (n, 2), generator=g)
+        flips = torch.randint(2, (n, 2), generator=g)
+        rots = torch.randint(4, (n,), generator=g)
+        mine = range(rank * self.batch_size, (rank + 1) * self.batch_size)
+        b = self.tiles.batch([int(idx[i]) for i in mine])
+        outs: dict[str, list] = {"pre": [], "post": [], "label": [], "valid": []}
+        for j, i in enumerate(mine):
+            r, c = int(offs[i, 0]), int(offs[i, 1])
+            for key in outs:
+                t = getattr(b, key)
+                if t is None:
+                    continue
+                t = t[j][..., r : r + crop, c : c + crop]
+                if self.augment:
+                    if flips[i, 0]:
+                        t = t.flip(-1)
+                    if flips[i, 1]:
+                        t = t.flip(-2)
+                    t = torch.rot90(t, int(rots[i]), dims=(-2, -1))
+                outs[key].append(t)
+        stack = lambda k: torch.stack(outs[k]) if outs[k] else None  # noqa: E731
+        return Batch(stack("pre"), stack("post"), stack("label"), stack("valid"),
+                     b.index)

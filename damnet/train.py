@@ -1,0 +1,367 @@
+"""The one training engine of DAM-Net.
+
+Every kind of training is this loop with other weights on its terms:
+
+* supervised source training: ``source_weight`` > 0;
+* alternating adversarial adaptation: plus ``lambda_adv`` > 0 and an unlabelled ``target``
+  stream. After ``adv_start`` warm-up steps, each step is a G step (segmentation loss on
+  the source batch + ``lambda_adv`` * BCE(D(softmax(G(target))), source) with D frozen)
+  followed, every ``d_every`` steps, by ``d_steps`` D steps on the detached source and
+  target maps (source = 0, target = 1). ``lambda_adv`` ramps up linearly over ``adv_ramp``;
+* Micro-Labeled Fine-Tuning: plus ``micro_weight`` > 0 and a labelled ``micro`` stream
+  (the adversarial term may stay on);
+* MAE pretraining: ``mae_weight`` > 0 and an ``unlabelled`` stream of images of both domains.
+
+Checkpoints (model, discriminator, optimisers, scheduler, RNG state, step) are written
+atomically every ``checkpoint_every`` steps and loaded with ``weights_only=True``; a killed
+run resumes to the same result because batches are a pure function of the step. A loss
+that is not finite stops the run with :class:`TrainingDiverged` and keeps the last good
+checkpoint. Runs on CPU or CUDA (bf16 autocast on CUDA), and under ``torchrun`` (DDP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from damnet import storage
+from damnet.data import Stream
+from damnet.errors import DamnetError
+from damnet.models import MAE, ChangeNet, SegDiscriminator, discriminator_input
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDiverged(DamnetError):
+    """The loss stopped being a finite number."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 8
+    crop: int | None = 128  #: random crop for training (None: whole tiles)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05  #: share of steps with linear LR warm-up (then cosine)
+    grad_clip: float = 1.0
+    # Terms of the generator loss
+    source_weight: float = 1.0
+    micro_weight: float = 0.0
+    mae_weight: float = 0.0
+    change_weight: float = 3.0  #: cross-entropy weight of the change class
+    dice_weight: float = 1.0
+    # Adversarial adaptation
+    lambda_adv: float = 0.0
+    adv_start: int = 0  #: supervised warm-up steps before the adversarial term
+    adv_ramp: int = 0  #: steps over which lambda_adv ramps linearly from 0
+    adv_loss: str = "bce"  #: "bce" or "lsgan"
+    d_steps: int = 1  #: discriminator updates per alternation
+    d_every: int = 1  #: generator steps per alternation
+    lr_d: float = 1e-4
+    disc_entropy: bool = False
+    # Bookkeeping
+    checkpoint_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    amp: bool = True  #: bf16 autocast on CUDA; ignored on CPU
+    device: str = "auto"
+
+    def lambda_at(self, step: int) -> float:
+        if self.lambda_adv <= 0 or step < self.adv_start:
+            return 0.0
+        if self.adv_ramp <= 0:
+            return self.lambda_adv
+        return self.lambda_adv * min(1.0, (step - self.adv_start + 1) / self.adv_ramp)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Named starting points; override any field with ``dataclasses.replace``.
+MODES = {
+    "supervised": TrainConfig(),
+    "adapt": TrainConfig(lambda_adv=1e-3, adv_start=0, adv_ramp=50, lr=5e-4),
+    "finetune": TrainConfig(micro_weight=1.0, source_weight=0.5, lambda_adv=1e-3, lr=3e-4),
+    "pretrain": TrainConfig(source_weight=0.0, mae_weight=1.0, lr=1.5e-3),
+}
+
+
+def mode_config(mode: str, **overrides) -> TrainConfig:
+    try:
+        return replace(MODES[mode], **overrides)
+    except KeyError:
+        raise ValueError(f"unknown training mode {mode!r}; known: {', '.join(MODES)}") from None
+
+
+@dataclass
+class FitResult:
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor,
+                      change_weight: float = 3.0, dice_weight: float = 1.0) -> torch.Tensor:
+    """Weighted cross-entropy + soft Dice of the change class, over valid pixels only."""
+    logits = logits.float()
+    weight = torch.tensor([1.0, change_weight], device=logits.device)
+    ce = F.cross_entropy(logits, label, weight=weight, reduction="none")
+    v = valid.float()
+    ce = (ce * v).sum() / (weight[label] * v).sum().clamp_min(1.0)
+    if dice_weight <= 0:
+        return ce
+    p = logits.softmax(1)[:, 1] * v
+    t = label.float() * v
+    dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    return ce + dice_weight * dice
+
+
+def _adv(logits: torch.Tensor, target: float, kind: str) -> torch.Tensor:
+    logits = logits.float()
+    if kind == "lsgan":
+        return ((torch.sigmoid(logits) - target) ** 2).mean()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _schedule(cfg: TrainConfig):
+    warm = max(1, int(cfg.warmup * cfg.steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, cfg.steps - warm)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return factor
+
+
+def load_checkpoint(uri: str) -> dict:
+    """A checkpoint written by :func:`fit` (tensors and plain data only; no pickled code)."""
+    with storage.local_copy(uri) as path:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_state(uri: str, state: dict) -> None:
+    with storage.storage_for(uri).writing(uri, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
+        target: Stream | None = None, micro: Stream | None = None,
+        unlabelled: Stream | None = None, out_dir: str | Path | None = None,
+        discriminator: SegDiscriminator | None = None, progress: bool | None = None,
+        on_log=None) -> FitResult:
+    """Train ``model`` in place for ``cfg.steps`` steps (resuming from ``out_dir`` if it holds one).
+
+    ``on_log(step, metrics)`` is called every ``log_every`` steps on rank 0.
+    """
+    from tqdm.auto import tqdm
+
+    _check_streams(cfg, source, target, micro, unlabelled)
+    device = resolve_device(cfg.device)
+    rank, world = _rank_world()
+    amp = cfg.amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+
+    model.to(device)
+    mae = MAE(model.encoder).to(device) if cfg.mae_weight > 0 else None
+    adversarial = cfg.lambda_adv > 0
+    disc = None
+    if adversarial:
+        channels = 3 if cfg.disc_entropy else 2
+        disc = (discriminator or SegDiscriminator(channels, model.config.disc_channels)).to(device)
+    trainable: nn.Module = mae if mae is not None else model
+    params = list(trainable.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if disc else None
+
+    ckpt_uri = storage.join(str(out_dir), CHECKPOINT) if out_dir is not None else None
+    start, history = 0, []
+    if ckpt_uri and storage.storage_for(ckpt_uri).exists(ckpt_uri):
+        state = load_checkpoint(ckpt_uri)
+        _check_compatible(state, cfg, ckpt_uri)
+        model.load_state_dict(state["model"])
+        if mae is not None and "mae" in state:
+            mae.load_state_dict(state["mae"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        if disc is not None:
+            disc.load_state_dict(state["disc"])
+            opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        start, history = int(state["step"]), list(state["history"])
+        log.info("resumed from %s at step %d", ckpt_uri, start)
+    else:
+        torch.manual_seed(cfg.seed * 1000 + rank)
+
+    g_module: nn.Module = trainable
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        g_module = DDP(trainable, device_ids=[device.index] if device.type == "cuda" else None)
+        if disc is not None:  # D is averaged by hand: it also runs frozen inside the G step
+            for p in disc.parameters():
+                dist.broadcast(p.data, src=0)
+    trainable.train()
+    if disc is not None:
+        disc.train()
+
+    def save(step: int) -> None:
+        if ckpt_uri is None or rank != 0:
+            return
+        state = {
+            "step": step, "config": cfg.to_dict(), "model_config": model.config.to_dict(),
+            "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+            "rng_cpu": torch.get_rng_state(), "history": history,
+        }
+        if mae is not None:
+            state["mae"] = mae.state_dict()
+        if disc is not None:
+            state["disc"] = disc.state_dict()
+            state["opt_d"] = opt_d.state_dict()
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        save_state(ckpt_uri, state)
+
+    started = time.time()
+    bar = tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps,
+               disable=(None if progress is None else not progress) if rank == 0 else True)
+    running: dict[str, float] = {}
+    for step in bar:
+        lam = cfg.lambda_at(step)
+        terms: dict[str, torch.Tensor] = {}
+        with autocast():
+            if mae is not None:
+                b = unlabelled.batch(step, rank, world).to(device)
+                terms["mae"] = cfg.mae_weight * g_module(torch.cat([b.pre, b.post]))
+                maps = {}
+            else:
+                terms, maps = _generator_terms(g_module, cfg, step, rank, world, device, lam,
+                                               source, target, micro, disc)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss.detach()):
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at step {step} ({', '.join(terms)}); stopped. "
+                + (f"The last good checkpoint is kept at {ckpt_uri}." if ckpt_uri else "")
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+
+        if disc is not None and step >= cfg.adv_start and (step + 1) % cfg.d_every == 0:
+            disc.requires_grad_(True)
+            for _ in range(cfg.d_steps):
+                with autocast():
+                    d_s = disc(discriminator_input(maps["source"].detach(), cfg.disc_entropy))
+                    d_t = disc(discriminator_input(maps["target"].detach(), cfg.disc_entropy))
+                    d_loss = 0.5 * (_adv(d_s, 0.0, cfg.adv_loss) + _adv(d_t, 1.0, cfg.adv_loss))
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                if world > 1:
+                    for p in disc.parameters():
+                        if p.grad is not None:
+                            dist.all_reduce(p.grad)
+                            p.grad /= world
+                opt_d.step()
+            terms["disc"] = d_loss.detach()
+
+        for k, v in terms.items():
+            running[k] = running.get(k, 0.0) + float(v.detach())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
+            entry = {"step": step + 1, "lr": sched.get_last_lr()[0], "lambda_adv": lam,
+                     **{k: v / n for k, v in running.items()}}
+            history.append(entry)
+            running = {}
+            bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k not in ("step", "lr")})
+            if on_log is not None and rank == 0:
+                on_log(step + 1, entry)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save(step + 1)
+            if world > 1:
+                dist.barrier()
+    model.eval()
+    return FitResult(cfg.steps, time.time() - started, history, start)
+
+
+def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, micro, disc):
+    """One forward pass over all streams of this step; the weighted loss terms and the maps."""
+    parts = []
+    if cfg.source_weight > 0:
+        parts.append(("source", source.batch(step, rank, world)))
+    if cfg.micro_weight > 0:
+        parts.append(("micro", micro.batch(step, rank, world)))
+    if lam > 0 or (disc is not None and step >= cfg.adv_start):
+        parts.append(("target", target.batch(step, rank, world)))
+    batches = [b.to(device) for _, b in parts]
+    logits = g(torch.cat([b.pre for b in batches]), torch.cat([b.post for b in batches]))
+    maps = dict(zip([name for name, _ in parts],
+                    logits.split([b.pre.shape[0] for b in batches]), strict=True))
+    terms = {}
+    for (name, _), b in zip(parts, batches, strict=True):
+        if name in ("source", "micro"):
+            w = cfg.source_weight if name == "source" else cfg.micro_weight
+            terms[f"seg_{name}"] = w * segmentation_loss(maps[name], b.label, b.valid,
+                                                         cfg.change_weight, cfg.dice_weight)
+    if lam > 0:
+        disc.requires_grad_(False)
+        d_out = disc(discriminator_input(maps["target"], cfg.disc_entropy))
+        terms["adv"] = lam * _adv(d_out, 0.0, cfg.adv_loss)  # fool D: target looks like source
+    return terms, maps
+
+
+def _check_streams(cfg, source, target, micro, unlabelled) -> None:
+    needs = {"source": cfg.source_weight > 0 and cfg.mae_weight == 0,
+             "target": cfg.lambda_adv > 0, "micro": cfg.micro_weight > 0,
+             "unlabelled": cfg.mae_weight > 0}
+    given = {"source": source, "target": target, "micro": micro, "unlabelled": unlabelled}
+    missing = [k for k, need in needs.items() if need and given[k] is None]
+    if missing:
+        raise DamnetError(f"this training needs the stream(s): {', '.join(missing)}")
+    if cfg.lambda_adv > 0 and cfg.source_weight <= 0:
+        raise DamnetError("adversarial training needs labelled source batches (source_weight > 0)")
+    if cfg.mae_weight > 0 and (cfg.micro_weight > 0 or cfg.lambda_adv > 0):
+        raise DamnetError("MAE pretraining is its own step: no segmentation or adversarial terms")
+    for name in ("source", "micro"):
+        s = given[name]
+        if needs[name] and not s.tiles.has_labels():
+            raise DamnetError(f"the {name} stream has tiles without labels")
+
+
+def _check_compatible(state: dict, cfg: TrainConfig, uri: str) -> None:
+    saved = state.get("config", {})
+    for key in ("steps", "batch_size", "seed", "lambda_adv", "micro_weight", "mae_weight"):
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise DamnetError(f"{uri}: checkpoint was made with {key}={saved[key]!r}, this run has "
+                              f"{getattr(cfg, key)!r}; use another output folder to start afresh")
