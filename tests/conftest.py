@@ -69,3 +69,18 @@ def rng_image(seed: int, shape=(3, 64, 64), dtype=np.uint8) -> np.ndarray:
     rng = np.random.default_rng(seed)
     top = 255 if dtype == np.uint8 else 2047
     return rng.integers(0, top, size=shape).astype(dtype)
+
+
+@pytest.fixture(scope="session")
+def tiny_regions(tmp_path_factory):
+    """A labelled source region and a labelled target region (tiles of 64 px), made once."""
+    from damnet.synthetic import write_region
+    from damnet.tiling import TilingConfig, ingest
+
+    root = tmp_path_factory.mktemp("regions")
+    out = {}
+    for name, style, seed in (("source", "source", 0), ("target", "target_season", 1)):
+        write_region(str(root / "raw" / name), style, n_scenes=2, size=256, seed=seed)
+        ingest(str(root / "raw" / name), str(root / name), TilingConfig(size=64, require_labels=True))
+        out[name] = str(root / name)
+    return out

@@ -1,0 +1,138 @@
+"""Micro-label selection: budgets, disjoint audit set, each selector, reduction, streaming."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from damnet.data import TileSet
+from damnet.models import ChangeNet, preset
+from damnet.select import (
+    SELECTORS,
+    TileScores,
+    audit_split,
+    budget_count,
+    kcenter_greedy,
+    reduce_uncertainty,
+    score_region,
+    select,
+)
+
+
+def _scores(n=400, seed=0, mi=True):
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(n, 8)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    return TileScores([f"t{i:04d}" for i in range(n)], rng.random(n), rng.random(n),
+                      rng.random(n) if mi else None, rng.random(n) * 0.1 * (rng.random(n) < 0.5),
+                      feats)
+
+
+def test_budget_as_fraction_or_count_never_below_one():
+    assert budget_count(0.003, 400) == 1
+    assert budget_count(0.003, 10) == 1
+    assert budget_count(0.01, 1000) == 10
+    assert budget_count(25, 1000) == 25
+    assert budget_count(5000, 1000) == 1000
+    with pytest.raises(ValueError, match="positive"):
+        budget_count(0, 100)
+
+
+@pytest.mark.parametrize("method", SELECTORS)
+def test_each_selector_respects_budget_and_audit_disjointness(method):
+    scores = _scores()
+    sel = select(scores, budget=0.03, method=method, audit=0.05, seed=1)
+    assert sel.budget == 12 and len(sel.train) == 12 == len(set(sel.train))
+    assert len(sel.audit) == 20 == len(set(sel.audit))
+    assert not set(sel.train) & set(sel.audit)
+    assert set(sel.scores) == set(scores.tile_ids)
+
+
+def test_audit_set_is_the_same_whatever_the_selector_and_is_stratified():
+    scores = _scores()
+    audits = {tuple(select(scores, 0.01, m, audit=0.05, seed=4).audit) for m in SELECTORS}
+    assert len(audits) == 1
+    scores.change_fraction = np.random.default_rng(1).random(len(scores))
+    idx = audit_split(scores, 20, seed=0)
+    rank = np.empty(len(scores))
+    rank[np.argsort(scores.change_fraction)] = np.arange(len(scores))
+    quartile = rank[idx] / len(scores)
+    # Five picks from each quarter of the change-share distribution.
+    assert np.histogram(quartile, bins=[0, 0.25, 0.5, 0.75, 1.0001])[0].tolist() == [5, 5, 5, 5]
+
+
+def test_uncertainty_selectors_take_the_most_uncertain():
+    scores = _scores()
+    sel = select(scores, 5, "entropy", audit=1)
+    pool = [i for i, t in enumerate(scores.tile_ids) if t not in sel.audit]
+    best = sorted(pool, key=lambda i: -scores.entropy[i])[:5]
+    assert sel.train == [scores.tile_ids[i] for i in best]
+
+
+def test_kcenter_spreads_over_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 8) * 10
+    feats = np.concatenate([c + rng.normal(0, 0.1, (50, 8)) for c in centres]).astype(np.float32)
+    picked = kcenter_greedy(feats, np.arange(200), 4, first=0)
+    assert sorted(i // 50 for i in picked) == [0, 1, 2, 3]
+
+
+def test_combined_keeps_some_quiet_tiles():
+    scores = _scores()
+    scores.entropy[:] = 0.1
+    scores.entropy[scores.change_fraction > 0.02] = 0.9  # busy tiles look most uncertain
+    sel = select(scores, 10, "combined", audit=1, low_change_share=0.2)
+    by_id = dict(zip(scores.tile_ids, scores.change_fraction, strict=True))
+    assert sum(by_id[t] < 0.01 for t in sel.train) == 2
+
+
+def test_mutual_info_needs_mc_scores():
+    with pytest.raises(ValueError, match="mc_samples"):
+        select(_scores(mi=False), 2, "mutual_info")
+    with pytest.raises(ValueError, match="unknown selector"):
+        select(_scores(), 2, "smartest")
+
+
+def test_reduction_lets_a_few_very_uncertain_change_pixels_count():
+    valid = torch.ones(2, 50, 50, dtype=torch.bool)
+    u = torch.zeros(2, 50, 50)
+    p = torch.zeros(2, 50, 50)
+    u[0, :5, :5] = 1.0  # tile 0: 1 % of pixels, very uncertain, where change is predicted
+    p[0, :5, :5] = 0.5
+    u[1] = 0.05  # tile 1: everything mildly uncertain, no change predicted
+    assert u[0].mean() < u[1].mean()  # a plain mean would rank tile 1 first
+    s = reduce_uncertainty(u, p, valid)
+    assert s[0] > s[1]
+
+
+def test_scoring_is_streamed(tiny_regions):
+    torch.manual_seed(0)
+    model = ChangeNet(preset("tiny", dims=(16, 32, 64, 128), decoder_dim=16))
+    small = TileSet(tiny_regions["source"], cache=False)
+    scores = score_region(model, small, batch_size=4, mc_samples=2, progress=False)
+    assert len(scores) == len(small) and scores.features.shape == (len(small), 32)
+    assert np.isfinite(scores.entropy).all() and (scores.mutual_info >= 0).all()
+    assert ((scores.change_fraction >= 0) & (scores.change_fraction <= 1)).all()
+
+    # Streamed: never more than about one batch of tiles alive at once, nothing cached.
+    alive: list[weakref.ref] = []
+    most = 0
+    original = TileSet.load
+
+    def counting_load(self, i):
+        nonlocal most
+        item = original(self, i)
+        alive.append(weakref.ref(item[0]))
+        most = max(most, sum(r() is not None for r in alive))
+        return item
+
+    TileSet.load = counting_load
+    try:
+        score_region(model, small, batch_size=4, progress=False)
+    finally:
+        TileSet.load = original
+    assert len(alive) == len(small) and most <= 2 * 4
+    assert small._cache == {}

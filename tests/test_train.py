@@ -1,0 +1,143 @@
+"""The training engine: learning, resume after a kill, DDP agreement, divergence, streams."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from damnet.data import Stream, TileSet
+from damnet.errors import DamnetError
+from damnet.models import ChangeNet, preset
+from damnet.train import CHECKPOINT, TrainingDiverged, fit, load_checkpoint, mode_config
+
+JOB = str(Path(__file__).with_name("_train_job.py"))
+SMALL = {"dims": (16, 32, 64, 128), "decoder_dim": 16}
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return ChangeNet(preset("tiny", **SMALL))
+
+
+def test_supervised_training_lowers_the_loss(tiny_regions):
+    src = TileSet(tiny_regions["source"])
+    cfg = mode_config("supervised", steps=120, batch_size=4, crop=64, log_every=20, lr=2e-3)
+    result = fit(_model(), cfg, source=Stream(src, 4, 64, 0, "source"), progress=False)
+    first, last = result.history[0]["seg_source"], result.history[-1]["seg_source"]
+    assert last < 0.7 * first
+
+
+def test_adaptation_runs_both_sides(tiny_regions):
+    src, tgt = TileSet(tiny_regions["source"]), TileSet(tiny_regions["target"], labels=None)
+    cfg = mode_config("adapt", steps=6, batch_size=2, crop=64, adv_start=2, adv_ramp=2,
+                      lambda_adv=0.01, log_every=1, disc_entropy=True)
+    result = fit(_model(), cfg, source=Stream(src, 2, 64, 0, "s"), target=Stream(tgt, 2, 64, 0, "t"),
+                 progress=False)
+    lams = [h["lambda_adv"] for h in result.history]
+    assert lams == [0.0, 0.0, 0.005, 0.01, 0.01, 0.01]
+    assert all("disc" in h for h in result.history[2:]) and "adv" in result.history[3]
+    assert "adv" not in result.history[0] and "disc" not in result.history[0]
+
+
+def test_missing_streams_and_labels_are_clear_errors(tiny_regions):
+    src_unlabelled = TileSet(tiny_regions["source"], labels=None)
+    with pytest.raises(DamnetError, match="needs the stream"):
+        fit(_model(), mode_config("adapt"), source=Stream(src_unlabelled, 2, 64), progress=False)
+    with pytest.raises(DamnetError, match="without labels"):
+        fit(_model(), mode_config("supervised"), source=Stream(src_unlabelled, 2, 64),
+            progress=False)
+
+
+def _run_job(tiny_regions, out, steps, kill_after_step=None):
+    cmd = [sys.executable, JOB, tiny_regions["source"], tiny_regions["target"], str(out), str(steps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if kill_after_step is None:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+        return
+    deadline = time.time() + 300
+    ckpt = out / CHECKPOINT
+    while time.time() < deadline:
+        if ckpt.exists():
+            try:
+                if load_checkpoint(str(ckpt))["step"] >= kill_after_step:
+                    break
+            except Exception:  # noqa: BLE001 - never half-written, but may vanish under os.replace
+                pass
+        if proc.poll() is not None:
+            pytest.fail("the job finished before it could be killed")
+        time.sleep(0.05)
+    proc.kill()  # like a preempted pod: no clean-up
+    proc.wait()
+    assert load_checkpoint(str(ckpt))["step"] < steps
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_regions, tmp_path):
+    steps = 16
+    _run_job(tiny_regions, tmp_path / "straight", steps)
+    _run_job(tiny_regions, tmp_path / "killed", steps, kill_after_step=4)
+    _run_job(tiny_regions, tmp_path / "killed", steps)
+    a = torch.load(tmp_path / "straight" / "final-rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "final-rank0.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert load_checkpoint(str(tmp_path / "killed" / CHECKPOINT))["step"] == steps
+
+
+def test_resume_refuses_another_configuration(tiny_regions, tmp_path):
+    src = TileSet(tiny_regions["source"])
+    cfg = mode_config("supervised", steps=2, batch_size=2, crop=64)
+    fit(_model(), cfg, source=Stream(src, 2, 64), out_dir=tmp_path, progress=False)
+    with pytest.raises(DamnetError, match="checkpoint was made with steps=2"):
+        fit(_model(), mode_config("supervised", steps=3, batch_size=2, crop=64),
+            source=Stream(src, 2, 64), out_dir=tmp_path, progress=False)
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
+                    reason="torchrun is not installed beside this Python")
+def test_ddp_ranks_end_with_identical_weights(tiny_regions, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", JOB, tiny_regions["source"],
+           tiny_regions["target"], str(tmp_path), "4", "--ddp"]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0 = torch.load(tmp_path / "final-rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "final-rank1.pt", weights_only=True)
+    init = _model().state_dict()
+    assert any(not torch.equal(r0[k], init[k]) for k in r0)  # it trained
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_regions, tmp_path):
+    src = TileSet(tiny_regions["source"])
+    cfg = mode_config("supervised", steps=200, batch_size=2, crop=64, lr=1e9, warmup=0.0,
+                      grad_clip=0.0, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint is kept"):
+        fit(_model(), cfg, source=Stream(src, 2, 64), out_dir=tmp_path, progress=False)
+    state = load_checkpoint(str(tmp_path / CHECKPOINT))
+    assert 0 < state["step"] < 200
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_streams_are_reproducible_and_split_between_ranks(tiny_regions):
+    s = Stream(TileSet(tiny_regions["source"]), 2, 32, seed=3, name="source")
+    a, b = s.batch(5), s.batch(5)
+    assert torch.equal(a.pre, b.pre) and torch.equal(a.label, b.label)
+    assert not torch.equal(s.batch(6).pre, a.pre)
+    both = Stream(TileSet(tiny_regions["source"]), 4, 32, seed=3, name="source")
+    whole = both.batch(5)
+    r0, r1 = both.batch(5, rank=0, world=1), None
+    half = Stream(TileSet(tiny_regions["source"]), 2, 32, seed=3, name="source")
+    r0, r1 = half.batch(5, rank=0, world=2), half.batch(5, rank=1, world=2)
+    assert torch.equal(torch.cat([r0.pre, r1.pre]), whole.pre)
+    assert a.pre.shape == (2, 3, 32, 32) and a.label.shape == (2, 32, 32)
