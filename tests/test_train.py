@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -65,12 +66,10 @@ def _run_job(tiny_regions, out, steps, kill_after_step=None):
     deadline = time.time() + 300
     ckpt = out / CHECKPOINT
     while time.time() < deadline:
-        if ckpt.exists():
-            try:
-                if load_checkpoint(str(ckpt))["step"] >= kill_after_step:
-                    break
-            except Exception:  # noqa: BLE001 - never half-written, but may vanish under os.replace
-                pass
+        # Never half-written; the name may be swapped under us by os.replace, hence suppress.
+        with contextlib.suppress(Exception):
+            if ckpt.exists() and load_checkpoint(str(ckpt))["step"] >= kill_after_step:
+                break
         if proc.poll() is not None:
             pytest.fail("the job finished before it could be killed")
         time.sleep(0.05)
