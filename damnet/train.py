@@ -111,6 +111,7 @@ class FitResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     resumed_from: int = 0
+    discriminator: SegDiscriminator | None = None  #: trained D (adaptation), to carry on with
 
 
 def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor,
@@ -312,7 +313,7 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
             if world > 1:
                 dist.barrier()
     model.eval()
-    return FitResult(cfg.steps, time.time() - started, history, start)
+    return FitResult(cfg.steps, time.time() - started, history, start, disc)
 
 
 def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, micro, disc):
