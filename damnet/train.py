@@ -130,7 +130,7 @@ def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, valid: torch.Te
     return ce + dice_weight * dice
 
 
-def _adv(logits: torch.Tensor, target: float, kind: str) -> torch.Tensor:
+def adversarial_loss(logits: torch.Tensor, target: float, kind: str) -> torch.Tensor:
     logits = logits.float()
     if kind == "lsgan":
         return ((torch.sigmoid(logits) - target) ** 2).mean()
@@ -286,7 +286,8 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
                 with autocast():
                     d_s = disc(discriminator_input(maps["source"].detach(), cfg.disc_entropy))
                     d_t = disc(discriminator_input(maps["target"].detach(), cfg.disc_entropy))
-                    d_loss = 0.5 * (_adv(d_s, 0.0, cfg.adv_loss) + _adv(d_t, 1.0, cfg.adv_loss))
+                    d_loss = 0.5 * (adversarial_loss(d_s, 0.0, cfg.adv_loss)
+                                    + adversarial_loss(d_t, 1.0, cfg.adv_loss))
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 if world > 1:
@@ -338,7 +339,7 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
     if lam > 0:
         disc.requires_grad_(False)
         d_out = disc(discriminator_input(maps["target"], cfg.disc_entropy))
-        terms["adv"] = lam * _adv(d_out, 0.0, cfg.adv_loss)  # fool D: target looks like source
+        terms["adv"] = lam * adversarial_loss(d_out, 0.0, cfg.adv_loss)  # fool D: target looks like source
     return terms, maps
 
 
