@@ -367,3 +367,32 @@ def _check_compatible(state: dict, cfg: TrainConfig, uri: str) -> None:
         if key in saved and saved[key] != getattr(cfg, key):
             raise DamnetError(f"{uri}: checkpoint was made with {key}={saved[key]!r}, this run has "
                               f"{getattr(cfg, key)!r}; use another output folder to start afresh")
+
+
+def load_weights(model: ChangeNet, uri: str, part: str = "all") -> None:
+    """Load weights from a file or URI into ``model`` (``part``: "all" or "encoder").
+
+    Accepts a checkpoint of :func:`fit` (its ``model`` entry), a ChangeNet state dict, or an
+    encoder-only state dict (e.g. from MAE pretraining elsewhere). Loaded with
+    ``weights_only=True``: nothing in the file is executed.
+    """
+    state = load_checkpoint(uri)
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if part not in ("all", "encoder"):
+        raise ValueError(f"part must be 'all' or 'encoder', got {part!r}")
+    target: nn.Module = model
+    if part == "encoder":
+        target = model.encoder
+        prefix = "encoder."
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} or state
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise DamnetError(f"{uri}: weights do not fit this model ({first})") from None
+    if unexpected or (missing and part == "encoder"):
+        raise DamnetError(f"{uri}: weights do not fit this model (missing {list(missing)[:3]}, "
+                          f"unexpected {list(unexpected)[:3]})")
+    if missing:
+        raise DamnetError(f"{uri}: weights do not fit this model (missing {list(missing)[:3]})")

@@ -16,7 +16,7 @@ import torch
 from damnet.data import Stream, TileSet
 from damnet.errors import DamnetError
 from damnet.models import ChangeNet, preset
-from damnet.train import CHECKPOINT, TrainingDiverged, fit, load_checkpoint, mode_config
+from damnet.train import CHECKPOINT, TrainingDiverged, fit, load_checkpoint, load_weights, mode_config
 
 JOB = str(Path(__file__).with_name("_train_job.py"))
 SMALL = {"dims": (16, 32, 64, 128), "decoder_dim": 16}
@@ -140,3 +140,34 @@ def test_streams_are_reproducible_and_split_between_ranks(tiny_regions):
     r0, r1 = half.batch(5, rank=0, world=2), half.batch(5, rank=1, world=2)
     assert torch.equal(torch.cat([r0.pre, r1.pre]), whole.pre)
     assert a.pre.shape == (2, 3, 32, 32) and a.label.shape == (2, 32, 32)
+
+
+def test_mae_pretraining_is_its_own_step_and_its_encoder_loads_elsewhere(tiny_regions, tmp_path):
+    both = TileSet(tiny_regions["target"], labels=None)
+    model = _model()
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    cfg = mode_config("pretrain", steps=4, batch_size=2, crop=64, log_every=2)
+    result = fit(model, cfg, unlabelled=Stream(both, 2, 64, name="mae"), out_dir=tmp_path,
+                 progress=False)
+    assert all("mae" in h and "seg_source" not in h for h in result.history)
+    assert any(not torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+    fresh = _model(seed=1)
+    load_weights(fresh, str(tmp_path / CHECKPOINT), part="encoder")
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(fresh.encoder.state_dict()[k], v)
+    torch.save(model.encoder.state_dict(), tmp_path / "encoder.pt")
+    other = _model(seed=2)
+    load_weights(other, str(tmp_path / "encoder.pt"), part="encoder")
+    assert torch.equal(other.encoder.stem[0].weight, model.encoder.stem[0].weight)
+    with pytest.raises(DamnetError, match="do not fit"):
+        load_weights(ChangeNet(preset("tiny")), str(tmp_path / CHECKPOINT))
+
+
+def test_checkpoints_never_unpickle_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="(?i)weights only|unpickl"):
+        load_checkpoint(str(tmp_path / "evil.pt"))
