@@ -134,12 +134,20 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
     log(f"[{label}] source only: F1 {rows[-1].cell('f1')}")
 
     adapted = copy.deepcopy(src_model)
-    t = time.time()
-    res = _train(adapted, "adapt", plan, plan.adapt_steps, source=_stream(source, plan, "source"),
-                 target=_stream(unlabelled, plan, "target"), lambda_adv=plan.lambda_adv,
-                 adv_ramp=plan.adapt_steps // 4)
-    adapt_s = time.time() - t
-    disc_state = copy.deepcopy(res.discriminator.state_dict())
+    cache = work / f"adapted-{label}-{plan.preset}-{plan.adapt_steps}-{plan.lambda_adv:g}.pt"
+    if cache.exists():
+        state = torch.load(cache, weights_only=True)
+        adapted.load_state_dict(state["model"])
+        disc_state, adapt_s = state["disc"], float(state["seconds"])
+    else:
+        t = time.time()
+        res = _train(adapted, "adapt", plan, plan.adapt_steps,
+                     source=_stream(source, plan, "source"),
+                     target=_stream(unlabelled, plan, "target"), lambda_adv=plan.lambda_adv,
+                     adv_ramp=plan.adapt_steps // 4)
+        adapt_s = time.time() - t
+        disc_state = copy.deepcopy(res.discriminator.state_dict())
+        torch.save({"model": adapted.state_dict(), "disc": disc_state, "seconds": adapt_s}, cache)
     rows.append(Row("adversarial adaptation", "0", [measure(adapted)], [adapt_s]))
     log(f"[{label}] adaptation: F1 {rows[-1].cell('f1')} ({adapt_s:.0f} s)")
 
@@ -230,11 +238,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     ap.add_argument("--real", action="store_true", help="also LEVIR-CD -> DSIFN-CD from ../shared")
     ap.add_argument("--json", default=None, help="write all rows here")
+    ap.add_argument("--lambda-adv", type=float, default=None)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     plan = Plan.quick() if args.quick else Plan()
     if args.seeds:
         plan.seeds = args.seeds
+    if args.lambda_adv is not None:
+        plan.lambda_adv = args.lambda_adv
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
 

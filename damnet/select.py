@@ -121,6 +121,39 @@ def kcenter_greedy(features: np.ndarray, candidates: np.ndarray, k: int,
     return [int(candidates[i]) for i in chosen]
 
 
+def typicality(features: np.ndarray, candidates: np.ndarray, reference: np.ndarray,
+               k: int = 10) -> np.ndarray:
+    """Inverse mean distance of each candidate to its ``k`` nearest tiles of ``reference``."""
+    ref = features[reference]
+    d = np.linalg.norm(features[candidates][:, None, :] - ref[None], axis=2)
+    k = max(1, min(k, len(reference) - 1))
+    nearest = np.partition(d, k, axis=1)[:, 1 : k + 1]  # skip the tile itself
+    return 1.0 / (nearest.mean(1) + 1e-8)
+
+
+def typical_diverse(features: np.ndarray, candidates: np.ndarray, reference: np.ndarray,
+                    k: int) -> list[int]:
+    """``k`` candidates that are typical of the region and far from each other.
+
+    Small budgets are where uncertainty sampling alone fails (the most uncertain tile is often
+    an outlier), so the first pick is the most typical candidate (densest neighbourhood
+    among all tiles) and each next pick maximises distance-to-picked x typicality.
+    """
+    candidates = np.asarray(candidates)
+    if k >= len(candidates):
+        return [int(c) for c in candidates]
+    typ = typicality(features, candidates, np.asarray(reference))
+    typ = typ / typ.max()
+    feats = features[candidates]
+    chosen = [int(typ.argmax())]
+    dist = np.linalg.norm(feats - feats[chosen[0]], axis=1)
+    while len(chosen) < k:
+        nxt = int((dist * typ).argmax())
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(feats - feats[nxt], axis=1))
+    return [int(candidates[i]) for i in chosen]
+
+
 def audit_split(scores: TileScores, size: float | int, seed: int = 0, strata: int = 4) -> list[int]:
     """A random audit set, stratified by predicted change share so it spans easy and busy tiles."""
     n = budget_count(size, len(scores))
@@ -148,7 +181,8 @@ class Selection:
 
 def select(scores: TileScores, budget: float | int = DEFAULT_BUDGET, method: str = "combined",
            audit: float | int = 0.01, seed: int = 0, low_change_share: float = 0.2,
-           pool_factor: int = 4, low_change_threshold: float = 0.01) -> Selection:
+           pool_factor: int = 4, low_change_threshold: float = 0.01,
+           candidate_share: float = 0.25) -> Selection:
     """Pick ``budget`` tiles to label (and a disjoint audit set) with ``method``."""
     if method not in SELECTORS:
         raise ValueError(f"unknown selector {method!r}; known: {', '.join(SELECTORS)}")
@@ -174,11 +208,12 @@ def select(scores: TileScores, budget: float | int = DEFAULT_BUDGET, method: str
         picked = top(unc[method], pool, n)
     elif method == "kcenter":
         picked = kcenter_greedy(scores.features, pool, n, first=int(rng.choice(pool)))
-    else:  # combined: uncertain, diverse, and some quiet tiles
+    else:  # combined: uncertain, typical, diverse, and some quiet tiles
         n_low = int(round(low_change_share * n)) if n > 1 else 0
         n_unc = n - n_low
-        candidates = np.array(top(scores.entropy, pool, pool_factor * n_unc))
-        picked = kcenter_greedy(scores.features, candidates, n_unc, first=int(candidates[0]))
+        k_cand = max(pool_factor * n_unc, int(np.ceil(candidate_share * len(pool))))
+        candidates = np.array(top(scores.entropy, pool, k_cand))
+        picked = typical_diverse(scores.features, candidates, pool, n_unc)
         quiet = np.array([i for i in pool if scores.change_fraction[i] < low_change_threshold
                           and i not in picked], dtype=int)
         rest = np.array([i for i in pool if i not in picked], dtype=int)

@@ -136,3 +136,17 @@ def test_scoring_is_streamed(tiny_regions):
         TileSet.load = original
     assert len(alive) == len(small) and most <= 2 * 4
     assert small._cache == {}
+
+
+def test_combined_prefers_a_typical_tile_over_an_uncertain_outlier():
+    rng = np.random.default_rng(0)
+    n = 200
+    feats = np.tile(np.eye(8)[0], (n, 1)) + rng.normal(0, 0.05, (n, 8))
+    feats[7] = -np.eye(8)[0]  # one odd tile, unlike anything else in the region...
+    entropy = rng.random(n) * 0.5
+    entropy[7] = 1.0  # ...and the most uncertain
+    scores = TileScores([f"t{i}" for i in range(n)], entropy, entropy, None,
+                        np.full(n, 0.05), feats.astype(np.float32))
+    assert select(scores, 1, "entropy", audit=1, seed=0).train == ["t7"]
+    picked = select(scores, 1, "combined", audit=1, seed=0).train
+    assert picked != ["t7"] and entropy[int(picked[0][1:])] >= np.quantile(entropy, 0.75)
