@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from damnet import storage
 from damnet.data import Stream
 from damnet.errors import DamnetError
-from damnet.models import MAE, ChangeNet, SegDiscriminator, discriminator_input
+from damnet.models import DISC_INPUTS, MAE, ChangeNet, SegDiscriminator, discriminator_input
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class TrainConfig:
     d_steps: int = 1  #: discriminator updates per alternation
     d_every: int = 1  #: generator steps per alternation
     lr_d: float = 1e-4
-    disc_entropy: bool = False
+    disc_input: str = "softmax"  #: "softmax", "softmax+entropy" or "self_info" (ADVENT)
+    entropy_weight: float = 0.0  #: entropy minimisation on target predictions (0: off)
     # Bookkeeping
     checkpoint_every: int = 50
     log_every: int = 10
@@ -194,7 +195,7 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
     adversarial = cfg.lambda_adv > 0
     disc = None
     if adversarial:
-        channels = 3 if cfg.disc_entropy else 2
+        channels = DISC_INPUTS[cfg.disc_input]
         disc = (discriminator or SegDiscriminator(channels, model.config.disc_channels)).to(device)
     trainable: nn.Module = mae if mae is not None else model
     params = list(trainable.parameters())
@@ -284,8 +285,8 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
             disc.requires_grad_(True)
             for _ in range(cfg.d_steps):
                 with autocast():
-                    d_s = disc(discriminator_input(maps["source"].detach(), cfg.disc_entropy))
-                    d_t = disc(discriminator_input(maps["target"].detach(), cfg.disc_entropy))
+                    d_s = disc(discriminator_input(maps["source"].detach(), cfg.disc_input))
+                    d_t = disc(discriminator_input(maps["target"].detach(), cfg.disc_input))
                     d_loss = 0.5 * (adversarial_loss(d_s, 0.0, cfg.adv_loss)
                                     + adversarial_loss(d_t, 1.0, cfg.adv_loss))
                 opt_d.zero_grad(set_to_none=True)
@@ -324,7 +325,7 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
         parts.append(("source", source.batch(step, rank, world)))
     if cfg.micro_weight > 0:
         parts.append(("micro", micro.batch(step, rank, world)))
-    if lam > 0 or (disc is not None and step >= cfg.adv_start):
+    if lam > 0 or cfg.entropy_weight > 0 or (disc is not None and step >= cfg.adv_start):
         parts.append(("target", target.batch(step, rank, world)))
     batches = [b.to(device) for _, b in parts]
     logits = g(torch.cat([b.pre for b in batches]), torch.cat([b.post for b in batches]))
@@ -336,16 +337,20 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
             w = cfg.source_weight if name == "source" else cfg.micro_weight
             terms[f"seg_{name}"] = w * segmentation_loss(maps[name], b.label, b.valid,
                                                          cfg.change_weight, cfg.dice_weight)
+    if cfg.entropy_weight > 0:
+        info = discriminator_input(maps["target"], "self_info").sum(1)
+        terms["entropy"] = cfg.entropy_weight * (info * batches[-1].valid).sum() / \
+            batches[-1].valid.sum().clamp_min(1)
     if lam > 0:
         disc.requires_grad_(False)
-        d_out = disc(discriminator_input(maps["target"], cfg.disc_entropy))
+        d_out = disc(discriminator_input(maps["target"], cfg.disc_input))
         terms["adv"] = lam * adversarial_loss(d_out, 0.0, cfg.adv_loss)  # fool D: target looks like source
     return terms, maps
 
 
 def _check_streams(cfg, source, target, micro, unlabelled) -> None:
     needs = {"source": cfg.source_weight > 0 and cfg.mae_weight == 0,
-             "target": cfg.lambda_adv > 0, "micro": cfg.micro_weight > 0,
+             "target": cfg.lambda_adv > 0 or cfg.entropy_weight > 0, "micro": cfg.micro_weight > 0,
              "unlabelled": cfg.mae_weight > 0}
     given = {"source": source, "target": target, "micro": micro, "unlabelled": unlabelled}
     missing = [k for k, need in needs.items() if need and given[k] is None]

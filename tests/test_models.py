@@ -43,10 +43,15 @@ def test_discriminator_gives_a_spatial_logit_matrix():
     d = SegDiscriminator(2, 16)
     assert d(torch.rand(3, 2, 256, 256)).shape == (3, 1, 8, 8)
     assert d(torch.rand(1, 2, 128, 192)).shape == (1, 1, 4, 6)
-    p = discriminator_input(torch.randn(2, 2, 32, 32), with_entropy=True)
+    logits = torch.randn(2, 2, 32, 32)
+    p = discriminator_input(logits, "softmax+entropy")
     assert p.shape == (2, 3, 32, 32)
     assert torch.allclose(p[:, :2].sum(1), torch.ones(2, 32, 32))
     assert p[:, 2].min() >= 0 and p[:, 2].max() <= 1
+    info = discriminator_input(logits, "self_info")
+    assert torch.allclose(info.sum(1), p[:, 2], atol=1e-6)
+    with pytest.raises(ValueError, match="unknown discriminator input"):
+        discriminator_input(logits, "images")
 
 
 def test_mtt_keeps_shapes_and_knows_which_date_is_which():

@@ -38,7 +38,7 @@ def test_supervised_training_lowers_the_loss(tiny_regions):
 def test_adaptation_runs_both_sides(tiny_regions):
     src, tgt = TileSet(tiny_regions["source"]), TileSet(tiny_regions["target"], labels=None)
     cfg = mode_config("adapt", steps=6, batch_size=2, crop=64, adv_start=2, adv_ramp=2,
-                      lambda_adv=0.01, log_every=1, disc_entropy=True)
+                      lambda_adv=0.01, log_every=1, disc_input="softmax+entropy")
     result = fit(_model(), cfg, source=Stream(src, 2, 64, 0, "s"), target=Stream(tgt, 2, 64, 0, "t"),
                  progress=False)
     lams = [h["lambda_adv"] for h in result.history]

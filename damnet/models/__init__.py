@@ -1,6 +1,7 @@
 """DAM-Net networks: the change generator, the segmentation-discriminator and the MAE."""
 
 from damnet.models.changenet import (
+    DISC_INPUTS,
     MAE,
     PRESETS,
     ChangeNet,
@@ -14,6 +15,7 @@ from damnet.models.changenet import (
 )
 
 __all__ = [
-    "MAE", "PRESETS", "ChangeNet", "ModelConfig", "MultiTemporalTransformer", "SegDiscriminator",
+    "DISC_INPUTS", "MAE", "PRESETS", "ChangeNet", "ModelConfig", "MultiTemporalTransformer",
+    "SegDiscriminator",
     "count_flops", "count_parameters", "discriminator_input", "preset",
 ]

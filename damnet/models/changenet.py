@@ -32,7 +32,6 @@ class ModelConfig:
     drop_path: float = 0.0
     dropout: float = 0.1  #: before the classifier; also the MC-dropout of the selector
     disc_channels: int = 32
-    disc_entropy: bool = False  #: feed the entropy map to the discriminator too
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,13 +203,22 @@ class SegDiscriminator(nn.Module):
         return self.net(x)
 
 
-def discriminator_input(logits: torch.Tensor, with_entropy: bool) -> torch.Tensor:
-    """Softmax change map (and its normalised entropy) as the discriminator sees it."""
+#: What the discriminator looks at: the softmax map, softmax + normalised entropy, or the
+#: weighted self-information map -p log p of both classes (as in ADVENT).
+DISC_INPUTS = {"softmax": 2, "softmax+entropy": 3, "self_info": 2}
+
+
+def discriminator_input(logits: torch.Tensor, kind: str = "softmax") -> torch.Tensor:
+    """The (B, C, H, W) map the discriminator sees for change logits (B, 2, H, W)."""
     p = logits.float().softmax(dim=1)
-    if not with_entropy:
+    if kind == "softmax":
         return p
-    ent = -(p * torch.log(p.clamp_min(1e-8))).sum(1, keepdim=True) / math.log(2)
-    return torch.cat([p, ent], dim=1)
+    info = -(p * torch.log(p.clamp_min(1e-8))) / math.log(2)
+    if kind == "self_info":
+        return info
+    if kind == "softmax+entropy":
+        return torch.cat([p, info.sum(1, keepdim=True)], dim=1)
+    raise ValueError(f"unknown discriminator input {kind!r}; known: {', '.join(DISC_INPUTS)}")
 
 
 class MAE(nn.Module):
@@ -270,6 +278,7 @@ def count_flops(model: ChangeNet, size: int = 256) -> int:
 
 
 __all__ = [
-    "ChangeNet", "MAE", "ModelConfig", "MultiTemporalTransformer", "PRESETS", "SegDiscriminator",
+    "ChangeNet", "DISC_INPUTS", "MAE", "ModelConfig", "MultiTemporalTransformer", "PRESETS",
+    "SegDiscriminator",
     "count_flops", "count_parameters", "discriminator_input", "preset",
 ]
