@@ -191,6 +191,9 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
     model.to(device)
+    # New parts (MAE decoder, discriminator) start from the run's seed, not from whatever
+    # the caller's RNG happened to be: same seed, same run; identical on every DDP rank.
+    torch.manual_seed(cfg.seed)
     mae = MAE(model.encoder).to(device) if cfg.mae_weight > 0 else None
     adversarial = cfg.lambda_adv > 0
     disc = None

@@ -171,3 +171,17 @@ def test_checkpoints_never_unpickle_code(tmp_path):
     torch.save({"model": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(Exception, match="(?i)weights only|unpickl"):
         load_checkpoint(str(tmp_path / "evil.pt"))
+
+
+def test_same_seed_same_run_whatever_the_caller_did_before(tiny_regions):
+    src, tgt = TileSet(tiny_regions["source"]), TileSet(tiny_regions["target"], labels=None)
+    cfg = mode_config("adapt", steps=3, batch_size=2, crop=64, lambda_adv=0.01, log_every=1)
+    runs = []
+    for noise in (0, 1):
+        model = _model()
+        torch.manual_seed(1234 + noise)  # the caller's RNG state differs between the runs
+        result = fit(model, cfg, source=Stream(src, 2, 64, name="s"),
+                     target=Stream(tgt, 2, 64, name="t"), progress=False)
+        runs.append((model.state_dict(), result.discriminator.state_dict()))
+    for a, b in zip(runs[0], runs[1], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
