@@ -155,7 +155,11 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
     scores = score_region(adapted, pool, batch_size=8, progress=False)
     score_s = time.time() - t
 
+    done = _row_cache(work, label, plan)
+
     def mlft(budget, method, name) -> Row:
+        if name in done:
+            return done[name]
         n = budget_count(budget, n_pool)
         row = Row(name, f"{n} ({100 * n / n_pool:.1f} %)")
         for seed in range(plan.seeds):
@@ -173,6 +177,7 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
             row.metrics.append(measure(model))
             row.seconds.append(time.time() - t + (score_s if method != "random" else 0.0))
         log(f"[{label}] {name}: F1 {row.cell('f1')}")
+        done.save(row)
         return row
 
     rows.append(mlft(0.003, "random", "adapt + MLFT random 0.3 %"))
@@ -182,7 +187,7 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
 
     n10 = budget_count(0.1, n_pool)
     row = Row("supervised fine-tune 10 %", f"{n10} ({100 * n10 / n_pool:.1f} %)")
-    for seed in range(plan.seeds):
+    for seed in range(0 if row.name in done else plan.seeds):
         t = time.time()
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(n_pool, generator=g)[:n10].tolist()
@@ -192,16 +197,45 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
                micro=_stream(pool.subset(idx), plan, "micro", seed))
         row.metrics.append(measure(model))
         row.seconds.append(time.time() - t)
+    row = done.get(row.name) or done.save(row)
     rows.append(row)
     log(f"[{label}] 10 %: F1 {row.cell('f1')}")
 
-    t = time.time()
-    oracle = copy.deepcopy(src_model)
-    _train(oracle, "supervised", plan, plan.oracle_steps, source=_stream(pool, plan, "oracle"))
-    rows.append(Row("oracle (all target labels)", f"{n_pool} (100 %)", [measure(oracle)],
-                    [time.time() - t]))
+    name = "oracle (all target labels)"
+    if name not in done:
+        t = time.time()
+        oracle = copy.deepcopy(src_model)
+        _train(oracle, "supervised", plan, plan.oracle_steps, source=_stream(pool, plan, "oracle"))
+        done.save(Row(name, f"{n_pool} (100 %)", [measure(oracle)], [time.time() - t]))
+    rows.append(done[name])
     log(f"[{label}] oracle: F1 {rows[-1].cell('f1')}")
     return rows
+
+
+class _row_cache(dict):
+    """Finished rows of one pair, kept on disk so an interrupted benchmark picks up where it was.
+
+    Keyed by the plan and the code of the selector, so changed settings start afresh.
+    """
+
+    def __init__(self, work: Path, label: str, plan: Plan) -> None:
+        import hashlib
+        import inspect
+
+        import damnet.select
+
+        key = hashlib.sha256((json.dumps(plan.__dict__, sort_keys=True)
+                              + inspect.getsource(damnet.select)).encode()).hexdigest()[:12]
+        self.path = work / f"rows-{label}-{key}.json"
+        super().__init__()
+        if self.path.exists():
+            for name, d in json.loads(self.path.read_text()).items():
+                self[name] = Row(**d)
+
+    def save(self, row: Row) -> Row:
+        self[row.name] = row
+        self.path.write_text(json.dumps({k: v.__dict__ for k, v in self.items()}, indent=1))
+        return row
 
 
 def table(label: str, rows: list[Row]) -> str:

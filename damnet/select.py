@@ -11,6 +11,13 @@ Per-tile reduction: change pixels are rare, so a plain mean lets a sea of confid
 background drown a few very uncertain change pixels. A tile's score is the mean of its top
 ``top_fraction`` most uncertain pixels, averaged with the change-weighted mean uncertainty
 (weights = predicted change probability).
+
+The default ``combined`` selector takes the most uncertain quarter of the tiles, ranks them
+by uncertainty plus predicted change share (a label set of one or four tiles teaches little
+when those tiles hold no change: uncertainty alone, or typicality, picked such tiles in our
+benchmark), spreads the picks over the feature space (priority-weighted k-center), and
+keeps ``low_change_share`` of the budget for tiles with little predicted change, which
+teach what is *not* change in this region.
 """
 
 from __future__ import annotations
@@ -121,37 +128,32 @@ def kcenter_greedy(features: np.ndarray, candidates: np.ndarray, k: int,
     return [int(candidates[i]) for i in chosen]
 
 
-def typicality(features: np.ndarray, candidates: np.ndarray, reference: np.ndarray,
-               k: int = 10) -> np.ndarray:
-    """Inverse mean distance of each candidate to its ``k`` nearest tiles of ``reference``."""
-    ref = features[reference]
-    d = np.linalg.norm(features[candidates][:, None, :] - ref[None], axis=2)
-    k = max(1, min(k, len(reference) - 1))
-    nearest = np.partition(d, k, axis=1)[:, 1 : k + 1]  # skip the tile itself
-    return 1.0 / (nearest.mean(1) + 1e-8)
+def informative_diverse(features: np.ndarray, candidates: np.ndarray, priority: np.ndarray,
+                        k: int) -> list[int]:
+    """``k`` candidates with high ``priority`` that are far from each other in feature space.
 
-
-def typical_diverse(features: np.ndarray, candidates: np.ndarray, reference: np.ndarray,
-                    k: int) -> list[int]:
-    """``k`` candidates that are typical of the region and far from each other.
-
-    Small budgets are where uncertainty sampling alone fails (the most uncertain tile is often
-    an outlier), so the first pick is the most typical candidate (densest neighbourhood
-    among all tiles) and each next pick maximises distance-to-picked x typicality.
+    The first pick is the top-priority candidate; each next one maximises
+    distance-to-picked x priority (k-center greedy weighted by priority).
     """
     candidates = np.asarray(candidates)
     if k >= len(candidates):
         return [int(c) for c in candidates]
-    typ = typicality(features, candidates, np.asarray(reference))
-    typ = typ / typ.max()
+    prio = priority[candidates] - priority[candidates].min() + 1e-6
+    prio = prio / prio.max()
     feats = features[candidates]
-    chosen = [int(typ.argmax())]
+    chosen = [int(prio.argmax())]
     dist = np.linalg.norm(feats - feats[chosen[0]], axis=1)
     while len(chosen) < k:
-        nxt = int((dist * typ).argmax())
+        nxt = int((dist * prio).argmax())
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(feats - feats[nxt], axis=1))
     return [int(candidates[i]) for i in chosen]
+
+
+def _rank(values: np.ndarray) -> np.ndarray:
+    r = np.empty(len(values))
+    r[np.argsort(values, kind="stable")] = np.arange(len(values))
+    return r / max(1, len(values) - 1)
 
 
 def audit_split(scores: TileScores, size: float | int, seed: int = 0, strata: int = 4) -> list[int]:
@@ -208,12 +210,13 @@ def select(scores: TileScores, budget: float | int = DEFAULT_BUDGET, method: str
         picked = top(unc[method], pool, n)
     elif method == "kcenter":
         picked = kcenter_greedy(scores.features, pool, n, first=int(rng.choice(pool)))
-    else:  # combined: uncertain, typical, diverse, and some quiet tiles
+    else:  # combined: uncertain tiles with much predicted change, diverse, plus quiet tiles
         n_low = int(round(low_change_share * n)) if n > 1 else 0
         n_unc = n - n_low
         k_cand = max(pool_factor * n_unc, int(np.ceil(candidate_share * len(pool))))
         candidates = np.array(top(scores.entropy, pool, k_cand))
-        picked = typical_diverse(scores.features, candidates, pool, n_unc)
+        priority = _rank(scores.entropy) + _rank(scores.change_fraction)
+        picked = informative_diverse(scores.features, candidates, priority, n_unc)
         quiet = np.array([i for i in pool if scores.change_fraction[i] < low_change_threshold
                           and i not in picked], dtype=int)
         rest = np.array([i for i in pool if i not in picked], dtype=int)

@@ -138,15 +138,16 @@ def test_scoring_is_streamed(tiny_regions):
     assert small._cache == {}
 
 
-def test_combined_prefers_a_typical_tile_over_an_uncertain_outlier():
+def test_combined_prefers_uncertain_tiles_that_hold_change():
     rng = np.random.default_rng(0)
     n = 200
-    feats = np.tile(np.eye(8)[0], (n, 1)) + rng.normal(0, 0.05, (n, 8))
-    feats[7] = -np.eye(8)[0]  # one odd tile, unlike anything else in the region...
-    entropy = rng.random(n) * 0.5
-    entropy[7] = 1.0  # ...and the most uncertain
-    scores = TileScores([f"t{i}" for i in range(n)], entropy, entropy, None,
-                        np.full(n, 0.05), feats.astype(np.float32))
-    assert select(scores, 1, "entropy", audit=1, seed=0).train == ["t7"]
-    picked = select(scores, 1, "combined", audit=1, seed=0).train
-    assert picked != ["t7"] and entropy[int(picked[0][1:])] >= np.quantile(entropy, 0.75)
+    scores = _scores(n)
+    scores.entropy = rng.random(n)
+    scores.change_fraction = rng.random(n) * 0.1
+    best_empty = int(np.argmax(np.where(scores.change_fraction < 0.01, scores.entropy, -1)))
+    scores.entropy[best_empty] = 2.0  # the most uncertain tile predicts no change at all
+    sel = select(scores, 1, "combined", audit=1, seed=0)
+    assert select(scores, 1, "entropy", audit=1, seed=0).train == [scores.tile_ids[best_empty]]
+    (picked,) = [scores.tile_ids.index(t) for t in sel.train]
+    assert scores.change_fraction[picked] > np.quantile(scores.change_fraction, 0.75)
+    assert scores.entropy[picked] >= np.quantile(scores.entropy, 0.75)
