@@ -24,12 +24,14 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
@@ -105,12 +107,15 @@ def _write_tile(uri: str, data: np.ndarray, transform: Affine, crs, mask: np.nda
     }
     if crs is not None:
         profile["crs"] = crs
-    with (storage.storage_for(uri).writing(uri, suffix=".tif") as tmp,
-          rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
-          rasterio.open(tmp, "w", **profile) as dst):
-        dst.write(data)
-        if mask is not None:
-            dst.write_mask(mask.astype(np.uint8) * 255)
+    # Tiles of plain (LEVIR-style) images carry pixel coordinates and no CRS on purpose.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with (storage.storage_for(uri).writing(uri, suffix=".tif") as tmp,
+              rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+              rasterio.open(tmp, "w", **profile) as dst):
+            dst.write(data)
+            if mask is not None:
+                dst.write_mask(mask.astype(np.uint8) * 255)
 
 
 def read_tile(region_uri: str, tile: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
