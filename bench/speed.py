@@ -71,13 +71,13 @@ def measure(name: str, device: torch.device, repeats: int, batch: int, size: int
             logits = model(torch.cat([x, x]), torch.cat([x, x]))
             src, tgt = logits.chunk(2)
             loss = segmentation_loss(src, label, valid) + 1e-3 * adversarial_loss(
-                disc(discriminator_input(tgt, False)), 0.0, "bce")
+                disc(discriminator_input(tgt, "softmax")), 0.0, "bce")
         opt.zero_grad()
         loss.backward()
         opt.step()
         with auto:
-            d_src = disc(discriminator_input(src.detach(), False))
-            d_tgt = disc(discriminator_input(tgt.detach(), False))
+            d_src = disc(discriminator_input(src.detach(), "softmax"))
+            d_tgt = disc(discriminator_input(tgt.detach(), "softmax"))
             d = adversarial_loss(d_src, 0.0, "bce") + adversarial_loss(d_tgt, 1.0, "bce")
         opt_d.zero_grad()
         d.backward()
