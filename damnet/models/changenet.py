@@ -20,6 +20,13 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
 
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 or float 0..1 images -> normalised float (the only input convention)."""
+    if x.dtype == torch.uint8:
+        x = x.float() / 255
+    return (x - mean) / std
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     dims: tuple[int, ...] = (24, 48, 96, 192)
@@ -145,10 +152,7 @@ class ChangeNet(nn.Module):
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 0..255 or float 0..1 images -> normalised float."""
-        if x.dtype == torch.uint8:
-            x = x.float() / 255
-        return (x - self.mean) / self.std
+        return normalise(x, self.mean, self.std)
 
     def change_features(self, pre: torch.Tensor, post: torch.Tensor) -> list[torch.Tensor]:
         """Fused change features per scale (strides 4, 8, 16, 32), ``decoder_dim`` channels."""
@@ -243,9 +247,7 @@ class MAE(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Loss for a batch of (B, 3, H, W) images (uint8 or 0..1 float)."""
-        if x.dtype == torch.uint8:
-            x = x.float() / 255
-        x = (x - self.mean) / self.std
+        x = normalise(x, self.mean, self.std)
         b, _, h, w = x.shape
         gh, gw = h // self.patch, w // self.patch
         mask = (torch.rand(b, 1, gh, gw, generator=generator, device="cpu") < self.mask_ratio)
