@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from damnet.tiling import load_manifest, read_tile
+from damnet.tiling import load_manifest, read_label, read_tile
 
 
 @dataclass
@@ -89,7 +89,7 @@ class TileSet:
         if self.labels is None:
             label = None
         elif isinstance(self.labels, dict):
-            label = _read_label(self.labels[tile["tile_id"]])
+            label = read_label(self.labels[tile["tile_id"]])
         item = (pre, post, label, valid)
         if self.cache:
             self._cache[i] = item
@@ -108,15 +108,6 @@ class TileSet:
         """All tiles in order, ``batch_size`` at a time (memory bounded by one batch)."""
         for start in range(0, len(self), batch_size):
             yield self.batch(range(start, min(start + batch_size, len(self))))
-
-
-def _read_label(uri: str) -> np.ndarray:
-    import rasterio
-
-    from damnet import storage
-
-    with storage.local_copy(uri) as path, rasterio.open(path) as src:
-        return (src.read(1) > 0).astype(np.uint8)
 
 
 def _seed(*parts) -> int:

@@ -126,10 +126,14 @@ def read_tile(region_uri: str, tile: dict) -> tuple[np.ndarray, np.ndarray, np.n
             out.append((src.read(), src.read_masks(1) > 0))
     label = None
     if tile["files"].get("label"):
-        with storage.local_copy(storage.join(region_uri, tile["files"]["label"])) as p, \
-                rasterio.open(p) as src:
-            label = src.read(1)
+        label = read_label(storage.join(region_uri, tile["files"]["label"]))
     return out[0][0], out[1][0], out[0][1] & out[1][1], label
+
+
+def read_label(uri: str) -> np.ndarray:
+    """A label tile (file or URI) as (H, W) uint8 0/1."""
+    with storage.local_copy(uri) as path, rasterio.open(path) as src:
+        return (src.read(1) > 0).astype(np.uint8)
 
 
 def load_manifest(region_uri: str) -> dict:
