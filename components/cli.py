@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
+import os
 import sys
 
 from damnet import __version__
@@ -18,6 +20,19 @@ from damnet.errors import DamnetError
 STEPS = {
     "synth": "components.synth",
     "ingest": "components.ingest",
+    "validate": "components.validate",
+    "train": "components.train",
+    "pretrain": "components.pretrain",
+    "adapt": "components.adapt",
+    "select": "components.select_tiles",
+    "export-labels": "components.export_labels",
+    "simulate-labeler": "components.simulate_labeler",
+    "import-labels": "components.import_labels",
+    "finetune": "components.finetune",
+    "evaluate": "components.evaluate",
+    "promote": "components.promote",
+    "predict": "components.predict",
+    "report": "components.report",
     "demo": "components.demo",
 }
 
@@ -31,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     for name, module_name in STEPS.items():
+        if importlib.util.find_spec(module_name) is None:
+            continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0],
                            description=module.__doc__)
@@ -40,9 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Pod logs and DAG task logs are not terminals: no MLflow download bars there.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:  # MLflow's database set-up chatter is not news to the user
+        for name in ("mlflow", "alembic", "great_expectations"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         args._run(args)
     except DamnetError as exc:

@@ -1,20 +1,24 @@
 """Check, co-register and tile a region's imagery into tiles and a tile manifest.
 
-Input: a region folder or s3:// prefix with A/ B/ [label/] (LEVIR style) or pre/ post/
-[label/] (GeoTIFF pairs). Output: OUT/manifest.json and OUT/tiles/<version>/...
+Input: --imagery (default STORE/imagery/REGION), a folder or s3:// prefix with A/ B/
+[label/] (LEVIR style) or pre/ post/ [label/] (GeoTIFF pairs). Output:
+STORE/regions/REGION/tiles/manifest.json and tiles/<version>/...
 """
 
 from __future__ import annotations
 
 import argparse
 
+from components.step import Layout, add_common_arguments, run_step, tree_digest
+from damnet import storage
 from damnet.imagery import parse_bands
-from damnet.tiling import TilingConfig, ingest
+from damnet.tiling import MANIFEST, TilingConfig, ingest
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--imagery", required=True, help="region folder or s3:// prefix")
-    p.add_argument("--out", required=True, help="where tiles and manifest.json go")
+    add_common_arguments(p)
+    p.add_argument("--imagery", default=None, help="region folder or s3:// prefix "
+                   "(default: STORE/imagery/REGION)")
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--overlap", type=int, default=0)
     p.add_argument("--bands", default=None, help="1-based R,G,B bands of multi-band imagery")
@@ -33,8 +37,25 @@ def config_from(args: argparse.Namespace) -> TilingConfig:
 
 
 def run(args: argparse.Namespace) -> None:
-    manifest = ingest(args.imagery, args.out, config_from(args))
-    print(summary(args.out, manifest))
+    layout = Layout.from_args(args)
+    imagery = args.imagery or layout.imagery
+    config = config_from(args)
+    params = {"tiling": {"size": config.size, "overlap": config.overlap, "bands": config.bands,
+                         "require_labels": config.require_labels, "skip_bad": config.skip_bad}}
+    inputs = {"imagery": {"uri": imagery, "digest": tree_digest(imagery)}}
+
+    def body(run):
+        manifest = ingest(imagery, layout.tiles, config)
+        print(summary(layout.tiles, manifest), flush=True)
+        labelled = [t for t in manifest["tiles"] if t["change_fraction"] is not None]
+        run.outputs.update(tiles=layout.tiles, manifest=storage.join(layout.tiles, MANIFEST))
+        run.metrics.update(tiles=len(manifest["tiles"]), pairs=len(manifest["pairs"]),
+                           skipped=len(manifest["skipped"]), labelled_tiles=len(labelled))
+        run.info.update(version=manifest["version"], notes=[n for p in manifest["pairs"] for n in p["notes"]],
+                        skipped=manifest["skipped"])
+        run.artifact(storage.join(layout.tiles, MANIFEST))
+
+    run_step("ingest", args, inputs, params, body, layout)
 
 
 def summary(out: str, manifest: dict) -> str:

@@ -156,3 +156,18 @@ class Stream:
         stack = lambda k: torch.stack(outs[k]) if outs[k] else None  # noqa: E731
         return Batch(stack("pre"), stack("post"), stack("label"), stack("valid"),
                      b.index)
+
+
+def split_ids(tile_ids: Sequence[str], holdout: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train, holdout) tile ids: each id falls on one side by a hash of (seed, id), so the split
+    is stable when tiles are added or removed; at least one tile on each side when possible."""
+    ids = list(tile_ids)
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    held = [i for i in ids if _seed(seed, "holdout", i) / 0x7FFFFFFF < holdout]
+    if holdout > 0 and not held and len(ids) > 1:
+        held = [min(ids, key=lambda i: _seed(seed, "holdout", i))]
+    if len(held) == len(ids) and ids:
+        held = held[:-1]
+    keep = set(held)
+    return [i for i in ids if i not in keep], held

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from damnet.data import TileSet
-from damnet.metrics import Confusion
+from damnet.metrics import Confusion, ScoreHistogram
 from damnet.models import ChangeNet
 from damnet.train import resolve_device
 
@@ -18,8 +18,12 @@ def change_probability(model: ChangeNet, pre: torch.Tensor, post: torch.Tensor) 
 
 @torch.no_grad()
 def evaluate(model: ChangeNet, tiles: TileSet, batch_size: int = 8, threshold: float = 0.5,
-             device: str = "auto", progress: bool | None = None) -> Confusion:
-    """One confusion matrix summed over every valid pixel of ``tiles`` (which need labels)."""
+             device: str = "auto", progress: bool | None = None,
+             histogram: ScoreHistogram | None = None) -> Confusion:
+    """One confusion matrix summed over every valid pixel of ``tiles`` (which need labels).
+
+    With ``histogram``, every valid pixel's change probability is also added to it (PR curves).
+    """
     from tqdm.auto import tqdm
 
     if not tiles.has_labels():
@@ -31,6 +35,8 @@ def evaluate(model: ChangeNet, tiles: TileSet, batch_size: int = 8, threshold: f
     for b in tqdm(batches, total=-(-len(tiles) // batch_size), desc="evaluate", unit="batch",
                   leave=False, disable=None if progress is None else not progress):
         b = b.to(dev)
-        pred = change_probability(model, b.pre, b.post) >= threshold
-        conf.update(pred, b.label, b.valid)
+        prob = change_probability(model, b.pre, b.post)
+        conf.update(prob >= threshold, b.label, b.valid)
+        if histogram is not None:
+            histogram.update(prob, b.label, b.valid)
     return conf

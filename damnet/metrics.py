@@ -81,3 +81,42 @@ def _np(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+@dataclass
+class ScoreHistogram:
+    """Change-probability histograms of changed and unchanged pixels: PR curves in O(bins) memory."""
+
+    bins: int = 200
+    pos: np.ndarray | None = None
+    neg: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.pos is None:
+            self.pos = np.zeros(self.bins, dtype=np.int64)
+            self.neg = np.zeros(self.bins, dtype=np.int64)
+
+    def update(self, prob, target, valid=None) -> ScoreHistogram:
+        prob, target = _np(prob).astype(np.float64), _np(target).astype(bool)
+        if valid is not None:
+            v = _np(valid).astype(bool)
+            prob, target = prob[v], target[v]
+        idx = np.clip((prob * self.bins).astype(np.int64), 0, self.bins - 1)
+        self.pos += np.bincount(idx[target], minlength=self.bins)
+        self.neg += np.bincount(idx[~target], minlength=self.bins)
+        return self
+
+    def pr_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(thresholds, precision, recall), thresholds ascending; predicted change = prob >= t."""
+        tp = self.pos[::-1].cumsum()[::-1]
+        fp = self.neg[::-1].cumsum()[::-1]
+        total_pos = max(int(self.pos.sum()), 1)
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+        return np.arange(self.bins) / self.bins, precision, tp / total_pos
+
+    @property
+    def average_precision(self) -> float:
+        """Area under the step PR curve (sum over thresholds of precision x recall gained)."""
+        _, precision, recall = self.pr_curve()
+        r = np.append(recall[::-1], 0.0)[::-1]  # recall falls as the threshold rises
+        return float(np.sum((r[:-1] - r[1:]) * precision))

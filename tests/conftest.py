@@ -84,3 +84,109 @@ def tiny_regions(tmp_path_factory):
         ingest(str(root / "raw" / name), str(root / name), TilingConfig(size=64, require_labels=True))
         out[name] = str(root / name)
     return out
+
+
+@pytest.fixture
+def mlflow_sqlite(tmp_path, monkeypatch):
+    """MLflow on a fresh SQLite file; artifacts under tmp_path (the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float = 90.0) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback only
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(s3_endpoint, tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1: SQLite backend, artifacts proxied to S3 (moto).
+
+    Yields ``(tracking_uri, artifact_bucket)``.
+    """
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    bucket = "mlflow-artifacts"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", f"s3://{bucket}/artifacts"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}", bucket
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    """A throw-away PostgreSQL on 127.0.0.1 (initdb refuses root: run it as the postgres user)."""
+    import getpass
+    import shutil
+    import subprocess
+
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed on this machine")
+    import tempfile
+
+    # Not under pytest's tmp folder: its parents are private to root, and initdb runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="damnet-pg-"))
+    port = free_port()
+    as_root = getpass.getuser() == "root"
+    if as_root:
+        shutil.chown(root, "postgres", "postgres")
+
+    def sh(cmd: str) -> None:
+        argv = ["su", "postgres", "-s", "/bin/bash", "-c", cmd] if as_root else ["bash", "-c", cmd]
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+
+    sh(f"initdb -D {root}/db -A trust -U app")
+    sh(f"pg_ctl -D {root}/db -o '-c listen_addresses=127.0.0.1 -p {port} -k {root}' -l {root}/log -w start")
+    try:
+        yield f"postgresql+psycopg://app@127.0.0.1:{port}/postgres"
+    finally:
+        sh(f"pg_ctl -D {root}/db -m fast stop")
+        shutil.rmtree(root, ignore_errors=True)

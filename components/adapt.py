@@ -1,0 +1,81 @@
+"""Adversarial adaptation of the source model to a region (alternating G / D training).
+
+Inputs: the region's tiles (unlabelled), the labelled source region's tiles (less its
+holdout) and the source model (--source-model: a registry URI such as
+``models:/damnet-source@champion`` or a model file). Output: model.pt (the adapted
+generator) and discriminator.pt (carried on by fine-tuning).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from components.step import Layout, StepError, add_common_arguments, read_record, run_step
+from components.training import (
+    add_training_arguments,
+    model_input,
+    source_training_tiles,
+    stream,
+    tiles_of,
+    train_config,
+)
+from damnet import registry
+from damnet.train import fit, load_weights, save_state
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--source-model", default=f"models:/{registry.SOURCE_MODEL}@{registry.CHAMPION}",
+                   help="registry URI or model file of the model to adapt")
+    p.add_argument("--source-region", default="source", help="the labelled source region")
+    p.add_argument("--use-pretrain", action="store_true",
+                   help="start the encoder from this region's pretrain step (MAE)")
+    add_training_arguments(p, "adapt")
+
+
+def run(args: argparse.Namespace) -> None:
+    layout = Layout.from_args(args)
+    source_layout = layout.of(args.source_region)
+    target, target_record = tiles_of(layout, labels=None)
+    source, source_record = source_training_tiles(source_layout)
+    model_ref = model_input(args.source_model)
+    cfg = train_config(args, "adapt")
+    inputs = {"tiles": {"uri": target_record["outputs"]["tiles"], "digest": target_record["key"]},
+              "source_tiles": {"uri": source_record["outputs"]["tiles"], "digest": source_record["key"]},
+              "source_model": model_ref}
+    if args.use_pretrain:
+        pre = read_record(layout, "pretrain")
+        if pre is None:
+            raise StepError(f"--use-pretrain: region {layout.region!r} has no pretrain step yet")
+        inputs["pretrain"] = {"uri": pre["outputs"]["encoder"], "digest": pre["key"]}
+    params = {"train": cfg.to_dict(), "source_region": args.source_region}
+
+    def body(run):
+        model, meta = registry.load_model(model_ref["uri"])
+        if "pretrain" in inputs:
+            load_weights(model, inputs["pretrain"]["uri"], part="encoder")
+        result = fit(model, cfg, source=stream(source, cfg, "source"), target=stream(target, cfg, "target"),
+                     out_dir=run.path("checkpoint"), on_log=run.on_log())
+        registry.save_model(model, run.path("model.pt"), region=layout.region, mode="adapt",
+                            parent=model_ref["uri"], steps=cfg.steps)
+        save_state(run.path("discriminator.pt"),
+                   {"disc": result.discriminator.state_dict(), "disc_input": cfg.disc_input})
+        run.outputs.update(model=run.path("model.pt"), discriminator=run.path("discriminator.pt"))
+        last = result.history[-1] if result.history else {}
+        run.metrics.update(train_seconds=result.seconds,
+                           **{f"final_{k}": v for k, v in last.items() if k not in ("step",)})
+        run.info.update(source_model=model_ref, history=result.history)
+
+    run_step("adapt", args, inputs, params, body, layout)
+
+
+def load_discriminator(uri: str, model):
+    """The adapted discriminator (for fine-tuning to carry on with)."""
+    from damnet.models import DISC_INPUTS, SegDiscriminator
+    from damnet.train import load_checkpoint
+
+    state = load_checkpoint(uri)
+    disc = SegDiscriminator(DISC_INPUTS[state["disc_input"]], model.config.disc_channels)
+    disc.load_state_dict(state["disc"])
+    return disc
+

@@ -1,0 +1,143 @@
+"""Audit-set metrics of the candidate and the current champion, plus source-holdout forgetting.
+
+Inputs: the fine-tuned candidate, the champion (``damnet-<region>@champion``; before a
+region has one, the source champion), the imported audit labels and the source holdout.
+Outputs: metrics.json (per model and set: F1, IoU, precision, recall, AP, confusion),
+confusion-matrix and precision-recall plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from components.finetune import micro_labels
+from components.step import Layout, StepError, add_common_arguments, run_step, upstream, write_json
+from components.training import model_input, source_holdout, tiles_of
+from damnet import registry, storage
+from damnet.data import TileSet
+from damnet.evaluate import evaluate
+from damnet.metrics import ScoreHistogram
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--source-region", default="source")
+    p.add_argument("--champion", default=None,
+                   help="model to compare with (default: damnet-REGION@champion, else damnet-source@champion)")
+    p.add_argument("--device", default="auto")
+
+
+def champion_ref(region: str) -> str:
+    import mlflow
+
+    name = registry.registered_name(region)
+    if registry.alias_version(mlflow.MlflowClient(), name, registry.CHAMPION) is not None:
+        return f"models:/{name}@{registry.CHAMPION}"
+    return f"models:/{registry.SOURCE_MODEL}@{registry.CHAMPION}"
+
+
+def run(args: argparse.Namespace) -> None:
+    layout = Layout.from_args(args)
+    finetune = upstream(layout, "finetune")
+    audit_labels, l_rec = micro_labels(layout, "audit")
+    if not audit_labels:
+        raise StepError(f"region {layout.region!r}: the imported labels have no audit tiles to evaluate on")
+    _, t_rec = tiles_of(layout, labels=None)
+    holdout = source_holdout(layout.of(args.source_region))
+    champion = model_input(args.champion or champion_ref(layout.region))
+    source = model_input(f"models:/{registry.SOURCE_MODEL}@{registry.CHAMPION}")
+    inputs = {"candidate": {"uri": finetune["outputs"]["model"], "digest": finetune["key"]},
+              "champion": champion, "source_model": source,
+              "labels": {"uri": l_rec["outputs"]["labels"], "digest": l_rec["key"]},
+              "tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]}}
+    params = {"source_region": args.source_region, "threshold": 0.5}
+
+    def body(run):
+        audit = TileSet(t_rec["outputs"]["tiles"], tile_ids=sorted(audit_labels), labels=audit_labels)
+        models = {"candidate": finetune["outputs"]["model"], "champion": champion["uri"]}
+        if source["uri"] != champion["uri"]:
+            models["source"] = source["uri"]
+        sets = {"audit": audit, **({"source_holdout": holdout} if holdout is not None else {})}
+        results: dict[str, dict] = {}
+        curves: dict[str, dict] = {}
+        for who, ref in models.items():
+            model, _ = registry.load_model(ref)
+            results[who] = {"model": ref}
+            for set_name, tiles in sets.items():
+                hist = ScoreHistogram()
+                conf = evaluate(model, tiles, device=args.device, histogram=hist)
+                results[who][set_name] = {**conf.as_dict(), "average_precision": hist.average_precision,
+                                          "tiles": len(tiles)}
+                curves[f"{who}/{set_name}"] = hist
+        write_json(run.path("metrics.json"), results)
+        plot_confusions(results, run.path("confusion.png"))
+        plot_pr(curves, run.path("pr_curves.png"))
+        run.outputs.update(metrics=run.path("metrics.json"), confusion=run.path("confusion.png"),
+                           pr_curves=run.path("pr_curves.png"))
+        for who, r in results.items():
+            for set_name in sets:
+                run.metrics[f"{who}_{set_name}_f1"] = r[set_name]["f1"]
+                run.metrics[f"{who}_{set_name}_iou"] = r[set_name]["iou"]
+        run.info.update(models=models)
+        for name in ("confusion.png", "pr_curves.png", "metrics.json"):
+            run.artifact(run.path(name))
+        for who, r in results.items():
+            line = ", ".join(f"{s} F1 {r[s]['f1']:.3f}" for s in sets)
+            print(f"  {who:9s} {line}  ({r['model']})")
+
+    run_step("evaluate", args, inputs, params, body, layout)
+
+
+def _savefig(fig, uri: str) -> None:
+    import matplotlib.pyplot as plt
+
+    with storage.storage_for(uri).writing(uri, suffix=".png") as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+
+
+def plot_confusions(results: dict, uri: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cells = [(who, s) for who, r in results.items() for s in r if s != "model"]
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.2), dpi=100, squeeze=False)
+    for ax, (who, s) in zip(axes[0], cells, strict=True):
+        r = results[who][s]
+        m = np.array([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], dtype=float)
+        norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, f"{int(v)}\n{norm[i, j]:.1%}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks([0, 1], ["no change", "change"])
+        ax.set_yticks([0, 1], ["no change", "change"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{who} / {s}\nF1 {r['f1']:.3f}", fontsize=9)
+    fig.tight_layout()
+    _savefig(fig, uri)
+
+
+def plot_pr(curves: dict, uri: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=100)
+    for name, hist in curves.items():
+        _, precision, recall = hist.pr_curve()
+        ax.plot(recall, precision, label=f"{name} (AP {hist.average_precision:.3f})",
+                linestyle="-" if name.endswith("audit") else "--")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision-recall of the change class")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    _savefig(fig, uri)

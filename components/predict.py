@@ -1,0 +1,94 @@
+"""Change maps of whole scenes: sliding-window inference with overlap blending.
+
+Inputs: --model (default ``models:/damnet-REGION@champion``) and --imagery (default
+STORE/imagery/REGION: pre/ post/ scene pairs or A/ B/ images, any size). Outputs per
+scene: <scene>_change_prob.tif (Cloud-Optimized GeoTIFF, p = value / 254),
+<scene>_change.tif (0/1), <scene>_buildings.geojson (changed-building polygons with area,
+in the scene's CRS) and <scene>_overlay.png (a quicklook), plus summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+from components.step import Layout, add_common_arguments, positive_int, run_step, tree_digest, write_json
+from components.training import model_input
+from damnet import registry, storage
+from damnet.predict import predict_region
+from damnet.quicklook import save_png
+
+QUICKLOOK_PX = 1024
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--model", default=None, help="registry URI or model file (default: the region's champion)")
+    p.add_argument("--imagery", default=None, help="scene pairs to map (default: STORE/imagery/REGION)")
+    p.add_argument("--tile", type=positive_int, default=256)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--min-area-px", type=int, default=16, help="drop polygons smaller than this")
+    p.add_argument("--device", default="auto")
+
+
+def overlay(pre_path: str, change_uri: str, out_uri: str) -> None:
+    """The pre image at most QUICKLOOK_PX wide with predicted change in red."""
+    with storage.local_copy(change_uri) as cpath, rasterio.open(cpath) as chg:
+        scale = max(chg.width, chg.height) / QUICKLOOK_PX
+        shape = (max(1, round(chg.height / max(scale, 1))), max(1, round(chg.width / max(scale, 1))))
+        change = chg.read(1, out_shape=shape, resampling=Resampling.nearest)
+        bounds = chg.bounds
+    with rasterio.open(pre_path) as src:
+        window = src.window(*bounds) if src.crs is not None else None
+        img = src.read([1, 2, 3], window=window, out_shape=(3, *shape), boundless=window is not None,
+                       resampling=Resampling.average)
+    rgb = np.moveaxis(img.astype(np.float32), 0, -1)
+    lo, hi = np.percentile(rgb, (1, 99))
+    rgb = np.clip((rgb - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
+    hit = change == 1
+    rgb[hit] = 0.45 * rgb[hit] + 0.55 * np.array([255, 30, 30])
+    save_png(out_uri, rgb.astype(np.uint8))
+
+
+def run(args: argparse.Namespace) -> None:
+    layout = Layout.from_args(args)
+    model_ref = model_input(args.model or f"models:/{registry.registered_name(layout.region)}@{registry.CHAMPION}")
+    imagery = args.imagery or layout.imagery
+    inputs = {"model": model_ref, "imagery": {"uri": imagery, "digest": tree_digest(imagery)}}
+    params = {"tile": args.tile, "overlap": args.overlap, "threshold": args.threshold,
+              "min_area_px": args.min_area_px}
+
+    def body(run):
+        model, _ = registry.load_model(model_ref["uri"])
+        results = predict_region(model, imagery, run.out, tile=args.tile, overlap=args.overlap,
+                                 batch_size=args.batch_size, threshold=args.threshold,
+                                 min_area_px=args.min_area_px, device=args.device)
+        scenes = []
+        with storage.local_tree(imagery) as root:
+            for r in results:
+                pre = next(iter(sorted((root / "pre").glob(r["name"] + ".*")) or
+                                sorted((root / "A").glob(r["name"] + ".*"))), None)
+                quicklook = run.path(f"{r['name']}_overlay.png")
+                if pre is not None:
+                    overlay(str(pre), r["change_uri"], quicklook)
+                scenes.append({"name": r["name"], "probability": r["prob_uri"], "change": r["change_uri"],
+                               "polygons_uri": r["buildings_uri"], "polygons": r["polygons"],
+                               "changed_fraction": r["changed_share"], "crs": r["crs"],
+                               "quicklook": quicklook if pre is not None else None,
+                               "seconds": r["seconds"]})
+                print(f"  {r['name']}: {r['changed_share']:.2%} changed, {r['polygons']} polygon(s) "
+                      f"-> {r['prob_uri']}")
+        write_json(run.path("summary.json"), scenes)
+        run.outputs.update(summary=run.path("summary.json"), maps=run.out)
+        run.metrics.update(scenes=len(scenes), polygons=sum(s["polygons"] for s in scenes),
+                           changed_fraction=float(np.mean([s["changed_fraction"] for s in scenes])))
+        for s in scenes:
+            if s["quicklook"]:
+                run.artifact(s["quicklook"], "maps")
+
+    run_step("predict", args, inputs, params, body, layout)

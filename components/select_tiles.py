@@ -1,0 +1,105 @@
+"""Pick the micro-label set (a label budget of the region's tiles) and a random audit set.
+
+Inputs: the adapted model and the region's tiles. Outputs: selection.json (train and audit
+tile ids, every tile's scores), scores.csv and a plot of where the picks fall.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from components.step import (
+    Layout,
+    StepError,
+    add_common_arguments,
+    fraction,
+    run_step,
+    upstream,
+    write_json,
+)
+from components.training import tiles_of
+from damnet import registry, storage
+from damnet.select import DEFAULT_BUDGET, SELECTORS, budget_count, score_region, select
+
+
+def budget(text: str) -> float:
+    v = float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"the label budget must be positive (a share < 1 or a count), got {text}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--budget", type=budget, default=DEFAULT_BUDGET,
+                   help="tiles to label: a share of the region (< 1) or a count (>= 1)")
+    p.add_argument("--audit", type=budget, default=0.01, help="audit tiles: share (< 1) or count")
+    p.add_argument("--selector", choices=SELECTORS, default="combined")
+    p.add_argument("--mc-samples", type=int, default=0, help="MC-dropout passes (mutual_info)")
+    p.add_argument("--max-label-share", type=fraction, default=0.01,
+                   help="refuse a budget above this share of the region's tiles")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> None:
+    layout = Layout.from_args(args)
+    tiles, t_rec = tiles_of(layout, labels=None)
+    adapt = upstream(layout, "adapt")
+    inputs = {"tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]},
+              "model": {"uri": adapt["outputs"]["model"], "digest": adapt["key"]}}
+    params = {"budget": args.budget, "audit": args.audit, "selector": args.selector,
+              "mc_samples": args.mc_samples, "seed": args.seed}
+    n = budget_count(args.budget, len(tiles))
+    if n > max(1, args.max_label_share * len(tiles)):
+        raise StepError(f"a budget of {n} tile(s) is {n / len(tiles):.1%} of region {layout.region!r} "
+                        f"({len(tiles)} tiles), above --max-label-share {args.max_label_share:.1%}")
+
+    def body(run):
+        model, _ = registry.load_model(adapt["outputs"]["model"])
+        scores = score_region(model, tiles, mc_samples=args.mc_samples, device=args.device)
+        sel = select(scores, args.budget, args.selector, audit=args.audit, seed=args.seed)
+        write_json(run.path("selection.json"), sel.to_dict())
+        lines = ["tile_id,set,entropy,margin,mutual_info,change_fraction"]
+        sets = {t: "train" for t in sel.train} | {t: "audit" for t in sel.audit}
+        for t, s in sel.scores.items():
+            lines.append(f"{t},{sets.get(t, '')},{s['entropy']:.6f},{s['margin']:.6f},"
+                         f"{'' if s['mutual_info'] is None else round(s['mutual_info'], 6)},"
+                         f"{s['change_fraction']:.6f}")
+        storage.storage_for(run.out).put_text(run.path("scores.csv"), "\n".join(lines) + "\n")
+        plot_selection(sel, run.path("selection.png"))
+        run.outputs.update(selection=run.path("selection.json"), scores=run.path("scores.csv"),
+                           plot=run.path("selection.png"))
+        run.metrics.update(tiles=len(tiles), train_tiles=len(sel.train), audit_tiles=len(sel.audit),
+                           label_share=(len(sel.train) + len(sel.audit)) / len(tiles))
+        run.artifact(run.path("selection.json"))
+        run.artifact(run.path("selection.png"))
+        print(f"  {len(sel.train)} tile(s) to label for fine-tuning, {len(sel.audit)} for the audit, "
+              f"of {len(tiles)} ({run.metrics['label_share']:.2%} of the region)")
+
+    run_step("select", args, inputs, params, body, layout)
+
+
+def plot_selection(sel, uri: str) -> None:
+    """Uncertainty against predicted change share of every tile; the picks highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = list(sel.scores)
+    x = [sel.scores[t]["change_fraction"] for t in ids]
+    y = [sel.scores[t]["entropy"] for t in ids]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.scatter(x, y, s=8, c="#bbbbbb", label="tiles")
+    for group, color, label in ((sel.train, "#d62728", "micro-label set"), (sel.audit, "#1f77b4", "audit set")):
+        ax.scatter([sel.scores[t]["change_fraction"] for t in group],
+                   [sel.scores[t]["entropy"] for t in group], s=30, c=color, label=label)
+    ax.set_xlabel("predicted change share")
+    ax.set_ylabel("uncertainty (entropy score)")
+    ax.set_title(f"selector: {sel.method}")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with storage.storage_for(uri).writing(uri, suffix=".png") as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)

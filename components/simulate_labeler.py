@@ -1,0 +1,58 @@
+"""SIMULATED labeler: answer a region's exported tasks from known ground truth (demo, tests).
+
+No person looks at anything: each task is "labelled" with the ground-truth mask of its
+tile, read from --truth (a folder of label scenes named like the region's imagery pairs,
+e.g. what ``damnet synth --labels-out`` wrote), and the result is written as a Label Studio
+JSON export to STORE/labels/REGION/export.json, where import-labels looks for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from components.step import Layout, StepError, add_common_arguments, read_json, upstream
+from components.training import tiles_of
+from damnet import labels, storage
+from damnet.imagery import IMAGE_SUFFIXES, label_to_binary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--truth", required=True, help="folder of ground-truth label scenes (one per pair)")
+    p.add_argument("--out", default=None, help="where the export goes (default STORE/labels/REGION/export.json)")
+
+
+def truth_reader(truth_root: Path, tiles_by_id: dict):
+    scenes = {p.stem: p for p in truth_root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+
+    def truth(task: dict) -> np.ndarray:
+        tile = tiles_by_id[task["data"]["tile_id"]]
+        path = scenes.get(tile["pair"])
+        if path is None:
+            raise StepError(f"{truth_root}: no ground-truth scene for pair {tile['pair']!r}")
+        w = tile["window"]
+        with rasterio.open(path) as src:
+            raw = src.read(1, window=Window(w["col_off"], w["row_off"], w["width"], w["height"]),
+                           boundless=True, fill_value=0)
+        return label_to_binary(raw, path)
+
+    return truth
+
+
+def run(args: argparse.Namespace) -> None:
+    layout = Layout.from_args(args)
+    export = upstream(layout, "export-labels")
+    tiles, _ = tiles_of(layout, labels=None)
+    tasks = read_json(export["outputs"]["tasks"])
+    out = args.out or storage.join(layout.inbox, "export.json")
+    with storage.local_tree(args.truth) as root:
+        answered = labels.simulate_label_studio_export(
+            tasks, truth_reader(Path(root), {t["tile_id"]: t for t in tiles.tiles}))
+    storage.storage_for(out).put_text(out, json.dumps(answered))
+    print(f"[{layout.region}] simulated labeler: answered {len(answered)} task(s) from {args.truth} -> {out}")

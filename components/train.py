@@ -1,0 +1,83 @@
+"""Train a change model with full labels (the source model) and register it.
+
+Input: the region's tiles (every tile labelled). A stable share of tiles (--holdout) is
+kept out of training: it is the source holdout on which later steps measure forgetting.
+Output: model.pt, split.json, metrics; the model is registered as ``damnet-source`` (or
+``damnet-<region>``) and becomes ``champion`` if there is none yet or it beats the current
+champion on the same holdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import mlflow
+
+from components.step import Layout, StepError, add_common_arguments, fraction, run_step, write_json
+from components.training import add_training_arguments, stream, tiles_of, train_config
+from damnet import registry
+from damnet.data import split_ids
+from damnet.evaluate import evaluate
+from damnet.models import ChangeNet, count_parameters, preset
+from damnet.train import fit
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p, region="source")
+    add_training_arguments(p, "supervised")
+    p.add_argument("--holdout", type=fraction, default=0.2, help="share of tiles kept for evaluation")
+    p.add_argument("--margin", type=float, default=0.0,
+                   help="holdout F1 the new model must gain over the champion to replace it")
+
+
+def run(args: argparse.Namespace) -> None:
+    layout = Layout.from_args(args)
+    tiles, ingest_record = tiles_of(layout)
+    cfg = train_config(args, "supervised")
+    params = {"train": cfg.to_dict(), "preset": args.preset, "holdout": args.holdout, "margin": args.margin}
+    inputs = {"tiles": {"uri": ingest_record["outputs"]["tiles"], "digest": ingest_record["key"]}}
+
+    def body(run):
+        if not tiles.has_labels():
+            raise StepError(f"region {layout.region!r}: training needs every tile labelled")
+        train_ids, holdout_ids = split_ids(tiles.ids, args.holdout, seed=args.seed)
+        index = {t: i for i, t in enumerate(tiles.ids)}
+        train_set = tiles.subset([index[t] for t in train_ids])
+        write_json(run.path("split.json"), {"train": train_ids, "holdout": holdout_ids})
+        model = ChangeNet(preset(args.preset))
+        result = fit(model, cfg, source=stream(train_set, cfg, "source"), out_dir=run.path("checkpoint"),
+                     on_log=run.on_log())
+        registry.save_model(model, run.path("model.pt"), region=layout.region, mode="supervised",
+                            steps=cfg.steps, preset=args.preset)
+        run.outputs.update(model=run.path("model.pt"), split=run.path("split.json"))
+        run.metrics.update(train_seconds=result.seconds, parameters=count_parameters(model),
+                           train_tiles=len(train_ids), holdout_tiles=len(holdout_ids))
+        holdout = tiles.subset([index[t] for t in holdout_ids]) if holdout_ids else None
+        f1 = None
+        if holdout is not None:
+            conf = evaluate(model, holdout, device=args.device)
+            f1 = conf.f1
+            run.metrics.update({f"holdout_{k}": v for k, v in conf.as_dict().items()})
+        name = registry.registered_name(layout.region)
+        info = registry.log_model(run.path("model.pt"), name, tags={"damnet.region": layout.region})
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient()
+        champion = registry.alias_version(client, name, registry.CHAMPION)
+        champ_f1 = None
+        if champion is not None and holdout is not None:
+            champ_model, _ = registry.load_model(f"models:/{name}/{champion.version}")
+            champ_f1 = evaluate(champ_model, holdout, device=args.device).f1
+        decision = registry.gate({"audit_f1": f1 if f1 is not None else 0.0, "source_f1": 1.0},
+                                 None if champion is None else {"audit_f1": champ_f1},
+                                 None, margin=args.margin if champion is not None else 0.0)
+        if champion is None:
+            decision = registry.Decision(True, ["first model of " + name], decision.checks)
+        registry.record_decision(client, name, version, decision)
+        run.info.update(registered={"name": name, "version": version}, decision=decision.to_dict())
+        print(f"  registered {name} version {version}: "
+              f"{'champion' if decision.promote else 'challenger'} ({'; '.join(decision.reasons)})")
+        if f1 is not None:
+            print(f"  holdout F1 {f1:.3f} on {len(holdout_ids)} tile(s)")
+
+    run_step("train", args, inputs, params, body, layout)
+
