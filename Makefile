@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# label-studio-sdk pins an older numpy: it gets its own venv, used only to check our exports.
+LS_VENV ?= .venv-ls
+LS_STAMP := $(LS_VENV)/.installed
 
 .PHONY: demo test lint install clean repro
 .DEFAULT_GOAL := demo
@@ -17,18 +20,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(LS_STAMP):
+	@test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -qq --disable-pip-version-check 'label-studio-sdk==2.1.2'
+	@touch $(LS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/damnet demo --out runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+test: $(STAMP) $(LS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LS_VENV) runs .pytest_cache .ruff_cache
 
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

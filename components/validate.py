@@ -1,0 +1,61 @@
+"""Validate a tiled region with a Great Expectations suite before any GPU time is spent.
+
+Checks: both dates share CRS and pixel size, band count and data type as expected, nodata
+share bounded, brightness sane, misregistration between the dates (phase correlation)
+under a limit, enough tiles. A failing region stops the pipeline with a short summary of
+the failing expectations; the Data Docs HTML is kept with the step's outputs and logged to
+MLflow either way. Also reports how far the region's pixel statistics are from the source
+region's (information, never a failure).
+Outputs: validation.json, tiles.csv, expectations.json, data_docs/index.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from components.step import Layout, add_common_arguments, log_artifacts, read_record, run_step, upstream
+from damnet.validation import ValidationConfig, ValidationFailed, validate_region
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    d = ValidationConfig()
+    p.add_argument("--source-region", default="source", help="compare pixel statistics with this region")
+    p.add_argument("--min-tiles", type=int, default=d.min_tiles)
+    p.add_argument("--max-misregistration-px", type=float, default=d.max_misregistration_px)
+    p.add_argument("--max-nodata-fraction", type=float, default=d.max_nodata_fraction)
+    p.add_argument("--mostly", type=float, default=d.mostly, help="share of tiles that must pass per-tile checks")
+
+
+def run(args: argparse.Namespace) -> None:
+    layout = Layout.from_args(args)
+    ingest = upstream(layout, "ingest")
+    try:
+        config = ValidationConfig(min_tiles=args.min_tiles, max_misregistration_px=args.max_misregistration_px,
+                                  max_nodata_fraction=args.max_nodata_fraction, mostly=args.mostly)
+    except ValueError as exc:
+        raise SystemExit(f"damnet validate: {exc}") from None
+    inputs = {"tiles": {"uri": ingest["outputs"]["tiles"], "digest": ingest["key"]}}
+    source = read_record(layout.of(args.source_region), "ingest") if args.source_region != layout.region else None
+    if source is not None:
+        inputs["source_tiles"] = {"uri": source["outputs"]["tiles"], "digest": source["key"]}
+    params = {"validation": config.__dict__ | {"dtypes": list(config.dtypes)}}
+
+    def body(run):
+        report = validate_region(ingest["outputs"]["tiles"], run.out, config,
+                                 source_uri=source["outputs"]["tiles"] if source else None)
+        run.outputs.update(report=report.paths["report"], data_docs=report.paths["data_docs"],
+                           tiles_csv=report.paths["tiles"])
+        stats = {k: v for k, v in report.statistics.items() if isinstance(v, int | float)}
+        run.metrics.update({f"validation_{k}": v for k, v in stats.items()}, passed=float(report.success))
+        for k, v in (report.domain_distance or {}).items():
+            if isinstance(v, int | float):
+                run.metrics[f"domain_{k}"] = v
+        docs = run.path("data_docs")
+        if not report.success:  # keep the evidence with the failed run, then stop the pipeline
+            log_artifacts([(docs, "data_docs"), (report.paths["report"], None)])
+            raise ValidationFailed(report)
+        run.artifact(docs, "data_docs")
+        run.artifact(report.paths["report"])
+
+    run_step("validate", args, inputs, params, body, layout)

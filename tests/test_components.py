@@ -1,0 +1,159 @@
+"""Each pipeline step on a tiny synthetic region (local store, MLflow on SQLite), bad inputs included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from components.cli import main
+from damnet.synthetic import write_region
+
+TINY = ["--batch-size", "4", "--crop", "64"]
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    """A store with a trained source model and region 'newtown' adapted, selected and exported."""
+    root = tmp_path_factory.mktemp("components")
+    store = root / "store"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        write_region(str(store / "imagery" / "source"), "source", n_scenes=1, size=256, seed=0)
+        write_region(str(store / "imagery" / "newtown"), "target_season", n_scenes=1, size=256, seed=1,
+                     labels_uri=str(root / "truth" / "label"))
+        s = ["--store", str(store)]
+        r = [*s, "--region", "newtown"]
+        for argv in (["ingest", *s, "--region", "source", "--tile-size", "64", "--require-labels"],
+                     ["train", *s, "--steps", "20", *TINY],
+                     ["ingest", *r, "--tile-size", "64"],
+                     ["adapt", *r, "--steps", "6", *TINY],
+                     ["select", *r, "--budget", "2", "--audit", "4", "--max-label-share", "0.5"],
+                     ["export-labels", *r]):
+            assert main(argv) == 0, argv
+        yield {"root": root, "store": store, "args": r, "truth": root / "truth" / "label", "mp": mp}
+        mlflow.set_tracking_uri(None)
+
+
+def record(region, step) -> dict:
+    return json.loads((region["store"] / "regions" / "newtown" / "steps" / f"{step}.json").read_text())
+
+
+def test_export_holds_tasks_for_train_and_audit_tiles_with_metadata(region):
+    rec = record(region, "export-labels")
+    tasks = json.loads(Path(rec["outputs"]["tasks"]).read_text())
+    selection = json.loads(Path(record(region, "select")["outputs"]["selection"]).read_text())
+    assert sorted(t["data"]["tile_id"] for t in tasks) == sorted(selection["train"] + selection["audit"])
+    for t in tasks:
+        d = t["data"]
+        assert d["region"] == "newtown" and d["set"] in ("train", "audit")
+        assert d["model_version"] == f"adapt-{record(region, 'adapt')['key']}"
+        assert len(d["bounds"]) == 4 and d["crs"].startswith("EPSG:")
+        assert (Path(rec["outputs"]["export"]) / d["pre"]).exists()
+    assert "<BrushLabels" in Path(rec["outputs"]["label_config"]).read_text()
+
+
+def test_select_refuses_a_budget_above_the_label_share(region, capsys):
+    assert main(["select", *region["args"], "--budget", "10", "--max-label-share", "0.01"]) == 2
+    assert "above --max-label-share" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["garbage", "unknown-task", "wrong-size"])
+def test_a_malformed_label_export_is_rejected_and_nothing_is_stored(region, bad, capsys):
+    tasks = json.loads(Path(record(region, "export-labels")["outputs"]["tasks"]).read_text())
+    export = region["root"] / f"bad-{bad}.json"
+    if bad == "garbage":
+        export.write_text("{not json")
+    else:
+        answered = [dict(t, annotations=[{"id": 1, "was_cancelled": False, "result": [{
+            "from_name": "change", "to_name": "post", "type": "brushlabels",
+            "original_width": 64 if bad == "unknown-task" else 50, "original_height": 64,
+            "value": {"format": "rle", "rle": [0, 0, 0, 1], "brushlabels": ["Building change"]}}]}])
+            for t in tasks]
+        if bad == "unknown-task":
+            answered[0]["data"] = dict(answered[0]["data"], tile_id="scene_999_r00000_c00000")
+            answered[0]["id"] = 999
+        export.write_text(json.dumps(answered))
+    before = sorted(p for p in region["store"].rglob("*") if "import-labels" in str(p))
+    assert main(["import-labels", *region["args"], "--labels", str(export)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {export}: ") and "problem(s) in the label export" in err
+    assert sorted(p for p in region["store"].rglob("*") if "import-labels" in str(p)) == before
+
+
+def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
+    a = region["args"]
+    assert main(["import-labels", *a]) == 2  # nothing in the inbox yet
+    assert "no labels yet" in capsys.readouterr().err
+    assert main(["simulate-labeler", *a, "--truth", str(region["truth"])]) == 0
+    assert main(["import-labels", *a]) == 0
+    labels = json.loads(Path(record(region, "import-labels")["outputs"]["labels"]).read_text())
+    assert {v["set"] for v in labels.values()} == {"train", "audit"}
+    # Imported labels equal the ground truth under each tile.
+    import rasterio
+
+    from damnet.tiling import read_label
+    for tid, v in labels.items():
+        tile = next(t for t in json.loads((region["store"] / "regions/newtown/tiles/manifest.json").read_text())
+                    ["tiles"] if t["tile_id"] == tid)
+        w = tile["window"]
+        with rasterio.open(region["truth"] / f"{tile['pair']}.tif") as src:
+            truth = src.read(1, window=((w["row_off"], w["row_off"] + 64), (w["col_off"], w["col_off"] + 64)))
+        np.testing.assert_array_equal(read_label(v["uri"]), (truth > 0).astype(np.uint8))
+
+    assert main(["finetune", *a, "--steps", "8", *TINY]) == 0
+    assert main(["evaluate", *a]) == 0
+    ev = record(region, "evaluate")
+    metrics = json.loads(Path(ev["outputs"]["metrics"]).read_text())
+    assert set(metrics) == {"candidate", "champion"}  # the champion is the source model here
+    assert metrics["champion"]["model"].startswith("models:/damnet-source/")
+    assert {"audit", "source_holdout"} <= set(metrics["candidate"])
+    assert Path(ev["outputs"]["pr_curves"]).stat().st_size > 1000
+
+    client = mlflow.MlflowClient()
+    # A gate no model can pass: refused, recorded, champion untouched.
+    assert main(["promote", *a, "--margin", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "was not promoted" in err and "does not beat" in err
+    v1 = client.get_model_version("damnet-newtown", "1")
+    assert v1.tags["damnet.decision"] == "rejected"
+    assert str(client.get_model_version_by_alias("damnet-newtown", "challenger").version) == "1"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("damnet-newtown", "champion")
+    # A required metric that evaluation does not produce: refused.
+    assert main(["promote", *a, "--margin", "-1", "--required", "audit_f1,source_f1,kappa"]) == 2
+    assert "lacks required metric(s): kappa" in capsys.readouterr().err
+    # A gate it passes: champion.
+    assert main(["promote", *a, "--margin", "-1", "--max-source-drop", "1"]) == 0
+    champion = client.get_model_version_by_alias("damnet-newtown", "champion")
+    assert champion.tags["damnet.decision"] == "promoted"
+    # Re-running the same promotion does nothing new.
+    capsys.readouterr()
+    assert main(["promote", *a, "--margin", "-1", "--max-source-drop", "1"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert len(client.search_model_versions("name='damnet-newtown'")) == 3
+
+    # The champion is what predict uses by default; the report shows the decision.
+    assert main(["predict", *a, "--tile", "128", "--overlap", "32"]) == 0
+    assert main(["report", *a]) == 0
+    page = Path(record(region, "report")["outputs"]["report"]).read_text()
+    assert "promoted to champion" in page and "scene_000" in page
+
+
+def test_validation_failure_stops_with_a_summary_and_keeps_the_data_docs(region, capsys):
+    store = region["store"]
+    # Too few tiles for this bar: fails.
+    assert main(["validate", "--store", str(store), "--region", "newtown", "--min-tiles", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: FAILED") and "1000" in err
+    assert not (store / "regions/newtown/steps/validate.json").exists()
+    docs = list((store / "regions/newtown/validate").rglob("data_docs/index.html"))
+    assert docs, "the Data Docs of a failed validation are kept"
+    assert main(["validate", "--store", str(store), "--region", "newtown", "--min-tiles", "4"]) == 0
+    assert record(region, "validate")["metrics"]["passed"] == 1.0
