@@ -8,8 +8,11 @@ STAMP := $(VENV)/.installed
 # label-studio-sdk pins an older numpy: it gets its own venv, used only to check our exports.
 LS_VENV ?= .venv-ls
 LS_STAMP := $(LS_VENV)/.installed
+# kfp pins kubernetes<31 (the Airflow provider needs >=36): the Kubeflow pipeline compiles in its own venv.
+KFP_VENV ?= .venv-kfp
+KFP_STAMP := $(KFP_VENV)/.installed
 
-.PHONY: demo test lint install clean repro
+.PHONY: demo test lint install clean repro airflow
 .DEFAULT_GOAL := demo
 
 $(STAMP): pyproject.toml
@@ -31,12 +34,29 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) $(LS_STAMP)
+$(KFP_STAMP):
+	@test -x $(KFP_VENV)/bin/python || $(PYTHON) -m venv $(KFP_VENV)
+	$(KFP_VENV)/bin/python -m pip install -qq --disable-pip-version-check 'kfp==2.17.3' 'kfp-kubernetes==2.17.3'
+	@touch $(KFP_STAMP)
+
+test: $(STAMP) $(LS_STAMP) $(KFP_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Airflow's own UI (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite)
+# with these DAGs and the demo's store and MLflow database: http://127.0.0.1:8080
+# (the admin password is printed at start-up and kept in runs/airflow/).
+airflow: $(STAMP)
+	mkdir -p runs/airflow
+	PATH="$(CURDIR)/$(BIN):$$PATH" AIRFLOW_HOME="$(CURDIR)/runs/airflow" \
+	AIRFLOW__CORE__DAGS_FOLDER="$(CURDIR)/dags" AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__API__HOST=127.0.0.1 PYTHONPATH="$(CURDIR)/dags" \
+	DAMNET_EXECUTION=local DAMNET_STORE="$(CURDIR)/runs/demo/store" \
+	MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/runs/demo/mlflow.db" \
+	$(BIN)/airflow standalone
+
 clean:
-	rm -rf $(VENV) $(LS_VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LS_VENV) $(KFP_VENV) runs .pytest_cache .ruff_cache
 
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-model", default=f"models:/{registry.SOURCE_MODEL}@{registry.CHAMPION}",
                    help="registry URI or model file of the model to adapt")
     p.add_argument("--source-region", default="source", help="the labelled source region")
-    p.add_argument("--use-pretrain", action="store_true",
+    p.add_argument("--use-pretrain", choices=("yes", "no"), default="no",
                    help="start the encoder from this region's pretrain step (MAE)")
     add_training_arguments(p, "adapt")
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
     inputs = {"tiles": {"uri": target_record["outputs"]["tiles"], "digest": target_record["key"]},
               "source_tiles": {"uri": source_record["outputs"]["tiles"], "digest": source_record["key"]},
               "source_model": model_ref}
-    if args.use_pretrain:
+    if args.use_pretrain == "yes":
         pre = read_record(layout, "pretrain")
         if pre is None:
             raise StepError(f"--use-pretrain: region {layout.region!r} has no pretrain step yet")

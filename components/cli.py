@@ -33,6 +33,7 @@ STEPS = {
     "promote": "components.promote",
     "predict": "components.predict",
     "report": "components.report",
+    "rescore": "components.rescore",
     "demo": "components.demo",
 }
 

@@ -36,14 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-def overlay(pre_path: str, change_uri: str, out_uri: str) -> None:
-    """The pre image at most QUICKLOOK_PX wide with predicted change in red."""
+def overlay(image_path: str, change_uri: str, out_uri: str) -> None:
+    """The (post) image at most QUICKLOOK_PX wide with predicted change in red."""
     with storage.local_copy(change_uri) as cpath, rasterio.open(cpath) as chg:
         scale = max(chg.width, chg.height) / QUICKLOOK_PX
         shape = (max(1, round(chg.height / max(scale, 1))), max(1, round(chg.width / max(scale, 1))))
         change = chg.read(1, out_shape=shape, resampling=Resampling.nearest)
         bounds = chg.bounds
-    with rasterio.open(pre_path) as src:
+    with rasterio.open(image_path) as src:
         window = src.window(*bounds) if src.crs is not None else None
         img = src.read([1, 2, 3], window=window, out_shape=(3, *shape), boundless=window is not None,
                        resampling=Resampling.average)
@@ -71,15 +71,15 @@ def run(args: argparse.Namespace) -> None:
         scenes = []
         with storage.local_tree(imagery) as root:
             for r in results:
-                pre = next(iter(sorted((root / "pre").glob(r["name"] + ".*")) or
-                                sorted((root / "A").glob(r["name"] + ".*"))), None)
+                post = next(iter(sorted((root / "post").glob(r["name"] + ".*")) or
+                                 sorted((root / "B").glob(r["name"] + ".*"))), None)
                 quicklook = run.path(f"{r['name']}_overlay.png")
-                if pre is not None:
-                    overlay(str(pre), r["change_uri"], quicklook)
+                if post is not None:
+                    overlay(str(post), r["change_uri"], quicklook)
                 scenes.append({"name": r["name"], "probability": r["prob_uri"], "change": r["change_uri"],
                                "polygons_uri": r["buildings_uri"], "polygons": r["polygons"],
                                "changed_fraction": r["changed_share"], "crs": r["crs"],
-                               "quicklook": quicklook if pre is not None else None,
+                               "quicklook": quicklook if post is not None else None,
                                "seconds": r["seconds"]})
                 print(f"  {r['name']}: {r['changed_share']:.2%} changed, {r['polygons']} polygon(s) "
                       f"-> {r['prob_uri']}")

@@ -46,21 +46,6 @@ def test_ingest_command_writes_manifest_and_says_what_it_made(tmp_path):
     assert len(manifest["tiles"]) == 4
 
 
-def test_demo_generates_and_tiles_a_source_and_a_target_region(tmp_path):
-    result = damnet("demo", "--out", str(tmp_path / "demo"), "--scenes", "1", "--size", "256",
-                    "--tile-size", "128", tmp=tmp_path)
-    assert result.returncode == 0, result.stderr
-    for region, labelled in (("source", True), ("newtown", False)):
-        manifest = json.loads((tmp_path / "demo" / "regions" / region / "manifest.json").read_text())
-        assert len(manifest["tiles"]) == 4
-        assert all((t["files"]["label"] is not None) == labelled for t in manifest["tiles"])
-        assert (tmp_path / "demo" / "quicklooks" / f"{region}.png").exists()
-    # The target's ground truth is kept apart from the imagery the pipeline reads.
-    assert (tmp_path / "demo" / "truth" / "newtown" / "label" / "scene_000.tif").exists()
-    assert not (tmp_path / "demo" / "raw" / "newtown" / "label").exists()
-    assert "regions/newtown" in result.stdout
-
-
 @pytest.mark.parametrize("step", sorted(STEPS))
 def test_every_step_has_help(step, capsys):
     with pytest.raises(SystemExit) as exc:

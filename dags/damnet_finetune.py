@@ -1,0 +1,63 @@
+"""Fine-tune DAG: started when a region's labels come back (nightly DAG, UI or REST).
+
+wait for labels (deferrable) -> import-labels -> finetune -> evaluate -> promote
+-> predict (the new champion's change maps) -> report
+
+``promote`` fails the task when the gate refuses the candidate (the decision and reasons
+are recorded on the model version first); ``predict`` then does not run and ``report``
+still does, so the page shows why.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, TriggerRule, dag
+from damnet_ops import settings as settings_mod
+from damnet_ops.labels import LabelsSensor
+from damnet_ops.steps import step_task
+
+REGION_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+S = settings_mod.load()
+
+params = {
+    "region": Param("newtown", type="string", pattern=REGION_PATTERN),
+    "source_region": Param("source", type="string", pattern=REGION_PATTERN),
+    "compute_profile": Param("cpu", type="string", enum=["cpu-small", "cpu", "gpu"]),
+    "finetune_steps": Param(0, type="integer", minimum=0, description="0: the compute profile's default"),
+    "margin": Param(0.01, type="number", description="audit F1 the candidate must gain over the champion"),
+    "max_source_drop": Param(0.05, type="number", minimum=0, maximum=1),
+    "predict_tile": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32),
+}
+STEPS = "{{ params.finetune_steps or {'cpu-small': 40, 'cpu': 100, 'gpu': 2000}[params.compute_profile] }}"
+DEVICE = "{{ {'cpu-small': 'cpu', 'cpu': 'cpu', 'gpu': 'cuda'}[params.compute_profile] }}"
+
+
+@dag(
+    dag_id="damnet_finetune",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params=params,
+    max_active_runs=4,
+    tags=["damnet", "region"],
+    doc_md=__doc__,
+    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+)
+def damnet_finetune():
+    region = ["--region", "{{ params.region }}"]
+    wait = LabelsSensor(task_id="wait_for_labels", store=S.store, region="{{ params.region }}",
+                        retries=0)
+    imported = step_task(S, "import-labels", region, retries=0)
+    finetune = step_task(S, "finetune", [*region, "--source-region", "{{ params.source_region }}",
+                                         "--steps", STEPS, "--device", DEVICE], gpu=True)
+    evaluate = step_task(S, "evaluate", [*region, "--source-region", "{{ params.source_region }}"])
+    promote = step_task(S, "promote", [*region, "--margin", "{{ params.margin }}",
+                                       "--max-source-drop", "{{ params.max_source_drop }}"], retries=0)
+    predict = step_task(S, "predict", [*region, "--tile", "{{ params.predict_tile }}", "--device", DEVICE],
+                        gpu=True)
+    report = step_task(S, "report", region, trigger_rule=TriggerRule.ALL_DONE)
+    wait >> imported >> finetune >> evaluate >> promote >> predict >> report
+    promote >> report
+
+
+damnet_finetune()

@@ -1,0 +1,45 @@
+"""Deployment settings, read from the environment at parse time (cheap; no database).
+
+``DAMNET_EXECUTION``  ``local`` (default: the step commands run on the worker) or
+                      ``kubernetes`` (each step is a pod running the project image)
+``DAMNET_STORE``      store root (local folder or s3:// prefix), default runs/store
+``DAMNET_IMAGE``      project image for step pods (CPU steps)
+``DAMNET_GPU_IMAGE``  project CUDA image for GPU steps
+``DAMNET_NAMESPACE``  namespace of the step pods
+``DAMNET_GPU_NODE_SELECTOR``  ``key=value`` of GPU nodes (default nvidia.com/gpu.present=true)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+EXECUTION_MODES = ("local", "kubernetes")
+
+
+@dataclass(frozen=True)
+class Settings:
+    execution: str
+    store: str
+    image: str
+    gpu_image: str
+    namespace: str
+    gpu_node_selector: tuple[str, str]
+    service_account: str = "damnet-step"
+    secret: str = "damnet-s3"  # noqa: S105 - the name of a Kubernetes secret, not a value
+    config_map: str = "damnet-config"
+
+
+def load() -> Settings:
+    execution = os.environ.get("DAMNET_EXECUTION", "local")
+    if execution not in EXECUTION_MODES:
+        raise ValueError(f"DAMNET_EXECUTION must be one of {EXECUTION_MODES}, got {execution!r}")
+    key, _, value = os.environ.get("DAMNET_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true").partition("=")
+    return Settings(
+        execution=execution,
+        store=os.environ.get("DAMNET_STORE", "runs/store"),
+        image=os.environ.get("DAMNET_IMAGE", "ghcr.io/damnet-ops/damnet:0.1.0"),
+        gpu_image=os.environ.get("DAMNET_GPU_IMAGE", "ghcr.io/damnet-ops/damnet:0.1.0-cuda"),
+        namespace=os.environ.get("DAMNET_NAMESPACE", "damnet"),
+        gpu_node_selector=(key, value),
+    )

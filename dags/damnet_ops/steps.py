@@ -1,0 +1,134 @@
+"""One Airflow task per DAM-Net step, in either execution mode, from one definition.
+
+``step_task("adapt", [...arguments...], gpu=True)`` gives
+
+* in ``local`` mode a :class:`DamnetStep`: runs ``python -m components.cli adapt ...`` on
+  the worker (no shell; arguments are a templated list), streams its output to the task
+  log, and fails the task with the command's ``error:`` line;
+* in ``kubernetes`` mode a ``KubernetesPodOperator`` running ``damnet adapt ...`` in the
+  project image, with GPU requests/limits, tolerations and node selector for GPU steps,
+  CPU/memory for the rest, a non-root, read-only security context, and S3 credentials and
+  settings from a Kubernetes secret and config map (never from the DAG).
+
+Every step gets ``--run-group {{ run_id }}`` so its MLflow run lands under this DAG run's
+region run, and in local mode ``--store`` (pods read ``DAMNET_STORE`` from the config map).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from airflow.sdk import BaseOperator
+
+from damnet_ops.settings import Settings
+
+#: (requests, limits) per kind of step in kubernetes mode
+CPU_RESOURCES = ({"cpu": "1", "memory": "4Gi"}, {"cpu": "2", "memory": "8Gi"})
+GPU_RESOURCES = ({"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"},
+                 {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"})
+RUN_AS = 10001
+
+
+class StepFailed(Exception):
+    """A step command exited non-zero (its error line is the message)."""
+
+
+class DamnetStep(BaseOperator):
+    """Run one ``damnet`` step command on the worker (local execution mode)."""
+
+    template_fields = ("arguments",)
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, step: str, arguments: list[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.step = step
+        self.arguments = arguments
+
+    def execute(self, context) -> str:
+        cmd = [sys.executable, "-m", "components.cli", self.step, *map(str, self.arguments)]
+        self.log.info("running: damnet %s %s", self.step, " ".join(map(str, self.arguments)))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        last_error = ""
+        echo = os.environ.get("DAMNET_ECHO_STEPS") == "1"  # the demo shows step output on its console
+        if echo:
+            print(f"  > {self.dag_id}.{self.task_id}: damnet {self.step}", flush=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            self.log.info("%s", line)
+            if echo and not line.startswith(("INFO ", "WARNING ", "  color_warning", "/")):
+                print(f"    {line}", flush=True)
+            if line.startswith("error: "):
+                last_error = line[len("error: "):]
+        code = proc.wait()
+        if code != 0:
+            raise StepFailed(f"damnet {self.step} exited with {code}: {last_error or 'see the log above'}")
+        return self.step
+
+
+def _k8s_kwargs(settings: Settings, step: str, gpu: bool) -> dict:
+    """KubernetesPodOperator arguments of a step pod, all but ``task_id`` and ``arguments``."""
+    from kubernetes.client import models as k8s
+
+    requests, limits = GPU_RESOURCES if gpu else CPU_RESOURCES
+    extra = {}
+    if gpu:
+        key, value = settings.gpu_node_selector
+        extra["node_selector"] = {key: value}
+        extra["tolerations"] = [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    return dict(
+        name=f"damnet-{step}",
+        namespace=settings.namespace,
+        image=settings.gpu_image if gpu else settings.image,
+        cmds=["damnet"],
+        container_resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
+        service_account_name=settings.service_account,
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.secret)),
+                  k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=settings.config_map))],
+        security_context=k8s.V1PodSecurityContext(
+            run_as_non_root=True, run_as_user=RUN_AS, run_as_group=RUN_AS, fs_group=RUN_AS,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+        container_security_context=k8s.V1SecurityContext(
+            allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"])),
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],  # noqa: S108 - pod scratch
+        get_logs=True,
+        on_finish_action="delete_pod",
+        labels={"app.kubernetes.io/part-of": "damnet", "damnet/step": step},
+        **extra,
+    )
+
+
+def full_arguments(settings: Settings, step: str, arguments: list[str], run_id: str = "{{ run_id }}") -> list[str]:
+    """What the task passes: ``[step,] [--store S,] --run-group RUN_ID, *arguments`` for the mode."""
+    if settings.execution == "kubernetes":  # the pod's DAMNET_STORE comes from the config map
+        return [step, "--run-group", run_id, *arguments]
+    return ["--store", settings.store, "--run-group", run_id, *arguments]
+
+
+def step_task(settings: Settings, step: str, arguments: list[str], gpu: bool = False,
+              task_id: str | None = None, **kwargs):
+    """The task that runs ``damnet <step> --store STORE --run-group RUN_ID <arguments>``."""
+    task_id = task_id or step.replace("-", "_")
+    args = full_arguments(settings, step, arguments)
+    if settings.execution == "kubernetes":
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        return KubernetesPodOperator(task_id=task_id, arguments=args, **_k8s_kwargs(settings, step, gpu), **kwargs)
+    return DamnetStep(task_id=task_id, step=step, arguments=args, **kwargs)
+
+
+def mapped_step_task(settings: Settings, step: str, arguments, gpu: bool = False, task_id: str | None = None):
+    """One task instance per element of ``arguments`` (an XComArg of lists made by
+    :func:`full_arguments`), e.g. a step over every region the nightly scan found."""
+    task_id = task_id or step.replace("-", "_")
+    if settings.execution == "kubernetes":
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        return KubernetesPodOperator.partial(task_id=task_id, **_k8s_kwargs(settings, step, gpu)).expand(
+            arguments=arguments)
+    return DamnetStep.partial(task_id=task_id, step=step).expand(arguments=arguments)

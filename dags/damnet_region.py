@@ -1,0 +1,97 @@
+"""Region adaptation DAG: triggered once per new region (UI, REST or the nightly DAG).
+
+ingest -> validate -> [pretrain] -> adapt -> select -> export-labels -> labels pending
+
+Validation stops bad imagery before any GPU time; adapt runs on a GPU in kubernetes mode.
+The run ends by emitting the ``damnet-labels-pending`` asset event (with the region and the
+task file in its extra): the labelers' queue. When labels come back, ``damnet_finetune``
+takes over. Parse-time cost: settings from the environment only.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, Metadata, Param, TriggerRule, dag, task
+from damnet_ops import settings as settings_mod
+from damnet_ops.steps import step_task
+
+REGION_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+URI_PATTERN = r"^$|^(s3://[a-z0-9][a-z0-9.-]{1,62}/|/)[A-Za-z0-9._/+=-]*$"
+SELECTORS = ["combined", "random", "entropy", "margin", "mutual_info", "kcenter"]
+#: compute profile -> adaptation steps and device (see ADAPT_STEPS, DEVICE)
+PROFILES = ["cpu-small", "cpu", "gpu"]
+LABELS_PENDING = Asset(name="damnet-labels-pending", uri="damnet://labels-pending")
+
+S = settings_mod.load()
+
+params = {
+    "region": Param("newtown", type="string", pattern=REGION_PATTERN,
+                    description="region name: lower-case letters, digits, '-'"),
+    "imagery": Param("", type="string", pattern=URI_PATTERN,
+                     description="imagery folder or s3:// prefix (empty: STORE/imagery/REGION)"),
+    "source_model": Param("models:/damnet-source@champion", type="string",
+                          pattern=r"^models:/[A-Za-z0-9._-]+(@[A-Za-z0-9_-]+|/[0-9]+)$|^(s3://|/)[A-Za-z0-9._/=+-]+\.pt$",
+                          description="registry URI or model file to adapt"),
+    "source_region": Param("source", type="string", pattern=REGION_PATTERN),
+    "label_budget": Param(0.003, type="number", exclusiveMinimum=0,
+                          description="tiles to label: share (< 1) or count (>= 1)"),
+    "audit": Param(0.01, type="number", exclusiveMinimum=0),
+    "max_label_share": Param(0.01, type="number", exclusiveMinimum=0, maximum=1),
+    "selector": Param("combined", type="string", enum=SELECTORS),
+    "compute_profile": Param("cpu", type="string", enum=PROFILES),
+    "tile_size": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32),
+    "pretrain": Param(False, type="boolean", description="MAE-pretrain the encoder on both domains first"),
+    "adapt_steps": Param(0, type="integer", minimum=0, description="0: the compute profile's default"),
+}
+
+ADAPT_STEPS = ("{{ params.adapt_steps or {'cpu-small': 60, 'cpu': 150, 'gpu': 3000}[params.compute_profile] }}")
+DEVICE = "{{ {'cpu-small': 'cpu', 'cpu': 'cpu', 'gpu': 'cuda'}[params.compute_profile] }}"
+
+
+@dag(
+    dag_id="damnet_region",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params=params,
+    max_active_runs=4,
+    tags=["damnet", "region"],
+    doc_md=__doc__,
+    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+)
+def damnet_region():
+    region = ["--region", "{{ params.region }}"]
+    ingest = step_task(S, "ingest", [*region, "--imagery", "{{ params.imagery }}",
+                                     "--tile-size", "{{ params.tile_size }}"])
+    validate = step_task(S, "validate", [*region, "--source-region", "{{ params.source_region }}"], retries=0)
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def pretrain_enabled(**context) -> bool:
+        return bool(context["params"]["pretrain"])
+
+    pretrain = step_task(S, "pretrain", [*region, "--source-region", "{{ params.source_region }}",
+                                         "--device", DEVICE], gpu=True)
+    adapt = step_task(S, "adapt", [*region, "--source-model", "{{ params.source_model }}",
+                                   "--source-region", "{{ params.source_region }}",
+                                   "--use-pretrain", "{{ 'yes' if params.pretrain else 'no' }}",
+                                   "--steps", ADAPT_STEPS, "--device", DEVICE],
+                      gpu=True, trigger_rule=TriggerRule.NONE_FAILED)
+    select = step_task(S, "select", [*region, "--budget", "{{ params.label_budget }}",
+                                     "--audit", "{{ params.audit }}", "--selector", "{{ params.selector }}",
+                                     "--max-label-share", "{{ params.max_label_share }}"])
+    export = step_task(S, "export-labels", region)
+
+    @task(outlets=[LABELS_PENDING])
+    def labels_pending(**context):
+        """Record that the region waits for labels: an asset event with the region in its extra."""
+        region_name = context["params"]["region"]
+        yield Metadata(LABELS_PENDING, {"region": region_name, "store": S.store,
+                                        "inbox": f"{S.store.rstrip('/')}/labels/{region_name}"})
+
+    gate = pretrain_enabled()
+    ingest >> validate >> gate >> pretrain >> adapt
+    validate >> adapt
+    adapt >> select >> export >> labels_pending()
+
+
+damnet_region()

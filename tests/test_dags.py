@@ -1,0 +1,218 @@
+"""The Airflow DAGs: they parse cheaply, render correct pods, refuse bad triggers, and run a region."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DAGS = Path(__file__).resolve().parents[1] / "dags"
+DAG_IDS = {"damnet_region", "damnet_finetune", "damnet_nightly"}
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory):
+    """A migrated SQLite Airflow database; the environment Airflow reads at import."""
+    home = tmp_path_factory.mktemp("airflow")
+    env = {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+           "AIRFLOW__CORE__UNIT_TEST_MODE": "False"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.syspath_prepend(str(DAGS))
+        subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
+                       capture_output=True, env={**os.environ, **env}, timeout=600)
+        yield home
+
+
+def dagbag(monkeypatch, **env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+def test_dag_files_import_nothing_heavy_and_parse_fast():
+    code = (f"import sys, time; sys.path.insert(0, {str(DAGS)!r}); t = time.perf_counter();"
+            "import damnet_region, damnet_finetune, damnet_nightly; dt = time.perf_counter() - t;"
+            "heavy = [m for m in ('torch', 'damnet', 'mlflow', 'components', 'rasterio', 'great_expectations')"
+            " if m in sys.modules]; print(dt, heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}).stdout.split(maxsplit=1)
+    print(f"DAG files imported in {float(out[0]):.2f} s (airflow.sdk included)")
+    assert out[1].strip() == "[]"
+
+
+def test_every_dag_parses_without_errors(airflow_home, monkeypatch):
+    started = time.perf_counter()
+    bag = dagbag(monkeypatch, DAMNET_EXECUTION="local")
+    print(f"DagBag of {len(bag.dags)} DAGs in {time.perf_counter() - started:.2f} s")
+    assert set(bag.dag_ids) == DAG_IDS
+    region = bag.get_dag("damnet_region")
+    assert [t.task_id for t in region.topological_sort()][:2] == ["ingest", "validate"]
+    assert region.get_task("adapt").upstream_task_ids == {"validate", "pretrain"}
+    assert bag.get_dag("damnet_nightly").timetable.expression == "0 2 * * *"
+
+
+def _pod(task):
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(task.build_pod_request_obj(dry_run=True))
+
+
+def test_kubernetes_mode_renders_gpu_pods_for_training_and_cpu_pods_for_the_rest(airflow_home, monkeypatch):
+    bag = dagbag(monkeypatch, DAMNET_EXECUTION="kubernetes", DAMNET_IMAGE="reg.example/damnet:1.2.3",
+                 DAMNET_GPU_IMAGE="reg.example/damnet:1.2.3-cuda", DAMNET_NAMESPACE="damnet-test")
+    region, finetune = bag.get_dag("damnet_region"), bag.get_dag("damnet_finetune")
+    for dag, task_id in ((region, "adapt"), (finetune, "finetune"), (finetune, "predict")):
+        pod = _pod(dag.get_task(task_id))
+        spec, c = pod["spec"], pod["spec"]["containers"][0]
+        assert pod["metadata"]["namespace"] == "damnet-test"
+        assert c["image"] == "reg.example/damnet:1.2.3-cuda"
+        assert c["command"] == ["damnet"] and c["args"][0] == task_id
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert {"secretRef": {"name": "damnet-s3"}} in c["envFrom"]
+        assert not any("AWS_SECRET" in json.dumps(e) for e in c.get("env", []))
+        assert spec["serviceAccountName"] == "damnet-step"
+    pod = _pod(region.get_task("select"))
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == "reg.example/damnet:1.2.3" and "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert "tolerations" not in pod["spec"] or not pod["spec"]["tolerations"]
+    assert c["args"][:3] == ["select", "--run-group", "{{ run_id }}"]
+
+
+@pytest.mark.parametrize("conf, field", [({"region": "../x"}, "region"), ({"label_budget": 0}, "label_budget"),
+                                         ({"selector": "best"}, "selector"), ({"imagery": "x; rm -rf /"}, "imagery")])
+def test_a_bad_trigger_is_refused_by_param_validation(airflow_home, monkeypatch, conf, field):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
+    with pytest.raises(ParamValidationError, match=field):
+        dag.test(run_conf=conf)
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_the_region_dag_then_the_finetune_dag_end_to_end(tmp_path):
+    """``damnet demo`` (the README's first command) on tiny data: real DAGs via dag.test() on a
+    migrated SQLite Airflow DB, MLflow on SQLite, the simulated labeler between the two runs."""
+    out = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DAMNET_", "MLFLOW_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "components.cli", "demo", "--out", str(out), "--scenes", "1", "--size", "256",
+         "--tile-size", "64", "--budget", "2", "--audit", "4", "--max-label-share", "0.5",
+         "--source-steps", "20", "--adapt-steps", "6", "--finetune-steps", "8"],
+        capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "demo.json").read_text())
+    region, finetune = summary["region_run"], summary["finetune_run"]
+    assert region["state"] == "success", region
+    assert region["tasks"]["pretrain"] == "skipped" and region["tasks"]["labels_pending"] == "success"
+    assert {region["tasks"][t] for t in ("ingest", "validate", "adapt", "select", "export_labels")} == {"success"}
+    assert finetune["state"] == "success", finetune
+    for t in ("wait_for_labels", "import_labels", "finetune", "evaluate", "promote", "report"):
+        assert finetune["tasks"][t] in ("success", "failed" if t == "promote" else "success"), finetune
+    assert Path(summary["report"]).exists()
+    assert "Region report:" in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
+    for n in range(1, 8):  # progress of every stage is shown
+        assert f"[{n}/7]" in result.stdout
+    # Promotion is the gate's call on a tiny model; either way it is recorded on the version.
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias("damnet-newtown", "challenger")
+        assert version.tags["damnet.decision"] == ("promoted" if summary["promoted"] else "rejected")
+        exp = mlflow.get_experiment_by_name("damnet/newtown")
+        parents = mlflow.search_runs([exp.experiment_id], filter_string="tags.`damnet.kind` = 'region'",
+                                     output_format="list")
+        assert len(parents) == 2  # one region run per DAG run
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _write_record(store: Path, region: str, step: str, **fields) -> None:
+    path = store / "regions" / region / "steps" / f"{step}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": "k", "outputs": {}, **fields}))
+
+
+def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(DAGS))
+    from components.step import file_digest, tree_digest
+    from damnet_ops.scan import scan_store
+
+    store = tmp_path / "store"
+    for region in ("source", "fresh", "labelled", "steady"):
+        (store / "imagery" / region / "pre").mkdir(parents=True)
+        (store / "imagery" / region / "pre" / "a.tif").write_bytes(region.encode())
+    for region in ("labelled", "steady"):
+        _write_record(store, region, "ingest",
+                      inputs={"imagery": {"digest": tree_digest(str(store / "imagery" / region))}})
+        _write_record(store, region, "export-labels")
+    (store / "labels" / "labelled").mkdir(parents=True)
+    (store / "labels" / "labelled" / "export.json").write_text("[]")
+    (store / "labels" / "steady").mkdir(parents=True)
+    (store / "labels" / "steady" / "export.json").write_text("[1]")
+    digest = file_digest(str(store / "labels" / "steady" / "export.json"))
+    _write_record(store, "steady", "import-labels", inputs={"labels": {"digest": digest}})
+    _write_record(store, "steady", "promote")
+
+    found = scan_store(str(store))
+    assert found == {"new_imagery": ["fresh"], "labels_ready": ["labelled"], "rescore": ["steady"]}
+    # New imagery under a region that was ingested before is new again.
+    (store / "imagery" / "steady" / "pre" / "b.tif").write_bytes(b"more")
+    assert scan_store(str(store))["new_imagery"] == ["fresh", "steady"]
+
+
+def test_nightly_dag_starts_a_region_run_for_new_imagery(airflow_home, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    (store / "imagery" / "fresh" / "pre").mkdir(parents=True)
+    (store / "imagery" / "fresh" / "pre" / "a.tif").write_bytes(b"x")
+    bag = dagbag(monkeypatch, DAMNET_EXECUTION="local", DAMNET_STORE=str(store))
+    run = bag.get_dag("damnet_nightly").test()
+    states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    assert states[("start_region_runs", 0)] == "success"
+    from airflow.models import DagRun
+
+    triggered = DagRun.find(dag_id="damnet_region")
+    assert any(r.conf == {"region": "fresh"} for r in triggered)
+
+
+def test_the_labels_trigger_fires_when_labels_arrive(tmp_path, monkeypatch):
+    import asyncio
+
+    monkeypatch.syspath_prepend(str(DAGS))
+    from damnet_ops.labels import LabelsArrivedTrigger
+
+    trigger = LabelsArrivedTrigger(str(tmp_path), "newtown", poll_seconds=0.05)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "damnet_ops.labels.LabelsArrivedTrigger" and kwargs["region"] == "newtown"
+
+    async def scenario():
+        events = trigger.run()
+        waiting = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # no labels yet: still polling
+        inbox = tmp_path / "labels" / "newtown"
+        inbox.mkdir(parents=True)
+        (inbox / "export.json").write_text("[]")
+        return await asyncio.wait_for(waiting, 5)
+
+    event = asyncio.run(scenario())
+    assert event.payload == {"labels": str(tmp_path / "labels" / "newtown" / "export.json")}
