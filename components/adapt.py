@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from components.step import Layout, StepError, add_common_arguments, read_record, run_step
+from components.step import Layout, StepError, add_common_arguments, read_record, run_step, up_to_date
 from components.training import (
     add_training_arguments,
+    init_distributed,
     model_input,
     source_training_tiles,
     stream,
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    rank, world, args.device = init_distributed(args.device)
     layout = Layout.from_args(args)
     source_layout = layout.of(args.source_region)
     target, target_record = tiles_of(layout, labels=None)
@@ -66,6 +68,13 @@ def run(args: argparse.Namespace) -> None:
                            **{f"final_{k}": v for k, v in last.items() if k not in ("step",)})
         run.info.update(source_model=model_ref, history=result.history)
 
+    if rank > 0:  # torchrun: the other ranks train alongside rank 0, which writes and logs everything
+        if not up_to_date("adapt", args, inputs, params, layout):
+            model, _ = registry.load_model(model_ref["uri"])
+            if "pretrain" in inputs:
+                load_weights(model, inputs["pretrain"]["uri"], part="encoder")
+            fit(model, cfg, source=stream(source, cfg, "source"), target=stream(target, cfg, "target"))
+        return
     run_step("adapt", args, inputs, params, body, layout)
 
 

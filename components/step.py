@@ -266,6 +266,14 @@ def mlflow_step_run(layout: Layout, step: str, group: str, tags: dict | None = N
         yield run
 
 
+def up_to_date(name: str, args: argparse.Namespace, inputs: dict[str, dict], params: dict,
+               layout: Layout) -> bool:
+    """Would :func:`run_step` skip this step?"""
+    previous = read_record(layout, name)
+    return bool(previous and previous["key"] == step_key(name, inputs, params)
+                and not getattr(args, "force", False) and _outputs_exist(previous))
+
+
 def run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], params: dict,
              body: Callable[[StepRun], None], layout: Layout | None = None) -> dict:
     """Run ``body`` unless the step is up to date; write the record; log the MLflow run.
@@ -277,10 +285,9 @@ def run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], param
 
     layout = layout or Layout.from_args(args)
     key = step_key(name, inputs, params)
-    previous = read_record(layout, name)
-    if previous and previous["key"] == key and not getattr(args, "force", False) and _outputs_exist(previous):
+    if up_to_date(name, args, inputs, params, layout):
         print(f"[{layout.region}] {name}: up to date (key {key}), nothing to do", flush=True)
-        return previous
+        return read_record(layout, name)
 
     run = StepRun(name, layout, key, layout.step_dir(name, key))
     started = time.time()

@@ -116,3 +116,27 @@ def model_input(ref: str) -> dict:
                          f"({str(exc).splitlines()[0]})") from None
     pinned = f"models:/{name}/{mv.version}"
     return {"uri": pinned, "digest": f"{name}/{mv.version}", "requested": ref}
+
+
+def init_distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) under ``torchrun``; (0, 1, device) otherwise.
+
+    Starts the process group (NCCL on GPUs, Gloo on CPUs) from torchrun's environment and
+    pins each process to the GPU of its ``LOCAL_RANK``.
+    """
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), world, device

@@ -94,6 +94,9 @@ def _k8s_kwargs(settings: Settings, step: str, gpu: bool) -> dict:
         container_security_context=k8s.V1SecurityContext(
             allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
             capabilities=k8s.V1Capabilities(drop=["ALL"])),
+        # The root filesystem is read-only: home and caches (matplotlib, torch) live in /tmp.
+        env_vars=[k8s.V1EnvVar(name="HOME", value="/tmp"),  # noqa: S108 - the pod's scratch volume
+                  k8s.V1EnvVar(name="MPLCONFIGDIR", value="/tmp/matplotlib")],  # noqa: S108
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],  # noqa: S108 - pod scratch
         get_logs=True,
