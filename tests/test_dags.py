@@ -153,8 +153,9 @@ def _write_record(store: Path, region: str, step: str, **fields) -> None:
 
 def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(DAGS))
-    from components.step import file_digest, tree_digest
     from damnet_ops.scan import scan_store
+
+    from components.step import file_digest, tree_digest
 
     store = tmp_path / "store"
     for region in ("source", "fresh", "labelled", "steady"):
