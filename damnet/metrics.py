@@ -118,5 +118,5 @@ class ScoreHistogram:
     def average_precision(self) -> float:
         """Area under the step PR curve (sum over thresholds of precision x recall gained)."""
         _, precision, recall = self.pr_curve()
-        r = np.append(recall[::-1], 0.0)[::-1]  # recall falls as the threshold rises
+        r = np.append(recall, 0.0)  # recall falls as the threshold rises; none above the last bin
         return float(np.sum((r[:-1] - r[1:]) * precision))

@@ -54,3 +54,19 @@ def test_valid_mask_and_tensors():
     with pytest.raises(ValueError, match="shape"):
         Confusion().update(np.zeros(3), np.zeros(4))
     assert (Confusion(1, 2, 3, 4) + Confusion(1, 1, 1, 1)).as_dict()["tp"] == 2
+
+
+def test_score_histogram_pr_curve_and_average_precision():
+    from damnet.metrics import ScoreHistogram
+
+    rng = np.random.default_rng(0)
+    target = rng.random(20000) < 0.1
+    perfect = ScoreHistogram().update(np.where(target, 0.9, 0.1), target)
+    assert perfect.average_precision == pytest.approx(1.0)
+    noise = ScoreHistogram().update(rng.random(20000), target)
+    assert noise.average_precision == pytest.approx(target.mean(), abs=0.02)
+    thresholds, precision, recall = perfect.pr_curve()
+    assert recall[0] == 1.0 and precision[0] == pytest.approx(target.mean())  # threshold 0: all change
+    valid = np.zeros(20000, bool)
+    valid[:100] = True
+    assert ScoreHistogram().update(np.full(20000, 0.5), target, valid).pos.sum() == target[:100].sum()
