@@ -56,7 +56,7 @@ airflow: $(STAMP)
 	$(BIN)/airflow standalone
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) $(KFP_VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LS_VENV) $(KFP_VENV) runs data/store data/mlflow.db mlruns .pytest_cache .ruff_cache
 
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
