@@ -13,6 +13,7 @@ import argparse
 from components.step import Layout, StepError, add_common_arguments, read_record, run_step, up_to_date
 from components.training import (
     add_training_arguments,
+    drop_checkpoint,
     init_distributed,
     model_input,
     source_training_tiles,
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> None:
         save_state(run.path("discriminator.pt"),
                    {"disc": result.discriminator.state_dict(), "disc_input": cfg.disc_input})
         run.outputs.update(model=run.path("model.pt"), discriminator=run.path("discriminator.pt"))
+        drop_checkpoint(run)
         last = result.history[-1] if result.history else {}
         run.metrics.update(train_seconds=result.seconds,
                            **{f"final_{k}": v for k, v in last.items() if k not in ("step",)})

@@ -11,7 +11,14 @@ import argparse
 
 from components.adapt import load_discriminator
 from components.step import Layout, StepError, add_common_arguments, read_json, run_step, upstream
-from components.training import add_training_arguments, source_training_tiles, stream, tiles_of, train_config
+from components.training import (
+    add_training_arguments,
+    drop_checkpoint,
+    source_training_tiles,
+    stream,
+    tiles_of,
+    train_config,
+)
 from damnet import registry
 from damnet.data import TileSet
 from damnet.train import fit
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> None:
         registry.save_model(model, run.path("model.pt"), region=layout.region, mode="finetune",
                             parent=adapt["outputs"]["model"], micro_tiles=sorted(labels), steps=cfg.steps)
         run.outputs.update(model=run.path("model.pt"))
+        drop_checkpoint(run)
         run.metrics.update(train_seconds=result.seconds, micro_tiles=len(labels))
         run.info.update(history=result.history)
 

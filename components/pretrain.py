@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from components.step import Layout, add_common_arguments, run_step
-from components.training import add_training_arguments, stream, tiles_of, train_config
+from components.training import add_training_arguments, drop_checkpoint, stream, tiles_of, train_config
 from damnet.data import TileSet
 from damnet.models import ChangeNet, preset
 from damnet.train import fit, save_state
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> None:
                      out_dir=run.path("checkpoint"), on_log=run.on_log())
         save_state(run.path("encoder.pt"), {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
         run.outputs.update(encoder=run.path("encoder.pt"))
+        drop_checkpoint(run)
         run.metrics.update(train_seconds=result.seconds,
                            final_mae=result.history[-1]["mae"] if result.history else float("nan"))
 

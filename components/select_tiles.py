@@ -71,11 +71,12 @@ def run(args: argparse.Namespace) -> None:
         run.outputs.update(selection=run.path("selection.json"), scores=run.path("scores.csv"),
                            plot=run.path("selection.png"))
         run.metrics.update(tiles=len(tiles), train_tiles=len(sel.train), audit_tiles=len(sel.audit),
+                           train_label_share=len(sel.train) / len(tiles),
                            label_share=(len(sel.train) + len(sel.audit)) / len(tiles))
         run.artifact(run.path("selection.json"))
         run.artifact(run.path("selection.png"))
-        print(f"  {len(sel.train)} tile(s) to label for fine-tuning, {len(sel.audit)} for the audit, "
-              f"of {len(tiles)} ({run.metrics['label_share']:.2%} of the region)")
+        print(f"  {len(sel.train)} of {len(tiles)} tile(s) to label for fine-tuning ({len(sel.train) / len(tiles):.2%}"
+              f" of the region), plus {len(sel.audit)} audit tile(s) for evaluation only")
 
     run_step("select", args, inputs, params, body, layout)
 

@@ -14,7 +14,7 @@ import argparse
 import mlflow
 
 from components.step import Layout, StepError, add_common_arguments, fraction, run_step, write_json
-from components.training import add_training_arguments, stream, tiles_of, train_config
+from components.training import add_training_arguments, drop_checkpoint, stream, tiles_of, train_config
 from damnet import registry
 from damnet.data import split_ids
 from damnet.evaluate import evaluate
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> None:
         registry.save_model(model, run.path("model.pt"), region=layout.region, mode="supervised",
                             steps=cfg.steps, preset=args.preset)
         run.outputs.update(model=run.path("model.pt"), split=run.path("split.json"))
+        drop_checkpoint(run)
         run.metrics.update(train_seconds=result.seconds, parameters=count_parameters(model),
                            train_tiles=len(train_ids), holdout_tiles=len(holdout_ids))
         holdout = tiles.subset([index[t] for t in holdout_ids]) if holdout_ids else None

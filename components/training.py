@@ -140,3 +140,15 @@ def init_distributed(device: str) -> tuple[int, int, str]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return dist.get_rank(), world, device
+
+
+def drop_checkpoint(run) -> None:
+    """Delete the resume checkpoint once the step's model is written: a later ``--force`` run
+    of the same inputs then trains afresh instead of resuming a finished run."""
+    from damnet import storage
+    from damnet.train import CHECKPOINT
+
+    uri = run.path("checkpoint", CHECKPOINT)
+    store = storage.storage_for(uri)
+    if store.exists(uri):
+        store.delete(uri)

@@ -115,3 +115,16 @@ def test_mae_reconstruction_loss_falls():
         opt.step()
     with torch.no_grad():
         assert mae(x, generator=torch.Generator().manual_seed(1)).item() < 0.8 * first
+
+
+def test_segmentation_loss_on_a_batch_without_change_is_the_weighted_ce_alone():
+    """Dice on an all-background batch would push every prediction to 0 (collapse)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 16, 16)
+    label = torch.zeros(2, 16, 16, dtype=torch.long)
+    valid = torch.ones(2, 16, 16, dtype=torch.bool)
+    with_dice = segmentation_loss(logits, label, valid, dice_weight=1.0)
+    assert with_dice == pytest.approx(float(segmentation_loss(logits, label, valid, dice_weight=0.0)))
+    label[0, 3, 3] = 1
+    assert segmentation_loss(logits, label, valid, dice_weight=1.0) > segmentation_loss(
+        logits, label, valid, dice_weight=0.0)
