@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from components.step import Layout, add_common_arguments, run_step
 from components.training import add_training_arguments, drop_checkpoint, stream, tiles_of, train_config
 from damnet.data import TileSet
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> None:
     params = {"train": cfg.to_dict(), "preset": args.preset}
 
     def body(run):
+        torch.manual_seed(args.seed)  # the initial weights too: same inputs, same model
         model = ChangeNet(preset(args.preset))
         result = fit(model, cfg, unlabelled=stream(_Both(target, source), cfg, "unlabelled"),
                      out_dir=run.path("checkpoint"), on_log=run.on_log())

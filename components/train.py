@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import mlflow
+import torch
 
 from components.step import Layout, StepError, add_common_arguments, fraction, run_step, write_json
 from components.training import add_training_arguments, drop_checkpoint, stream, tiles_of, train_config
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
         index = {t: i for i, t in enumerate(tiles.ids)}
         train_set = tiles.subset([index[t] for t in train_ids])
         write_json(run.path("split.json"), {"train": train_ids, "holdout": holdout_ids})
+        torch.manual_seed(args.seed)  # the initial weights too: same inputs, same model
         model = ChangeNet(preset(args.preset))
         result = fit(model, cfg, source=stream(train_set, cfg, "source"), out_dir=run.path("checkpoint"),
                      on_log=run.on_log())

@@ -95,3 +95,16 @@ def test_a_step_before_its_inputs_exist_is_one_clear_error(store, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: region 'newtown': step 'ingest' has not run yet")
     assert err.count("\n") == 1
+
+
+def test_training_the_same_inputs_twice_gives_the_same_model(store):
+    import torch
+
+    main(["ingest", "--store", str(store), "--region", "source", "--tile-size", "64", "--require-labels"])
+    weights = []
+    for _ in range(2):
+        assert main(["train", "--store", str(store), *TRAIN, "--force"]) == 0
+        path = record(store, "source", "train")["outputs"]["model"]
+        weights.append(torch.load(path, weights_only=True)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
