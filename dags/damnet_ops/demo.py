@@ -50,8 +50,8 @@ def environment(out: Path) -> dict[str, str]:
     }
 
 
-def run_demo(out: Path, region: str = "newtown", style: str = "target_season", scenes: int = 6,
-             size: int = 512, tile: int = 64, budget: float = 0.008, audit: float = 0.04,
+def run_demo(out: Path, region: str = "newtown", style: str = "target_season", scenes: int = 8,
+             size: int = 512, tile: int = 64, budget: float = 0.0099, audit: float = 0.04,
              source_steps: int = 300, adapt_steps: int = 150, finetune_steps: int = 100, seed: int = 0,
              max_label_share: float = 0.01) -> dict:
     out = out.resolve()
