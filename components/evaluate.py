@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from components.finetune import micro_labels
-from components.step import Layout, StepError, add_common_arguments, run_step, upstream, write_json
+from components.step import Layout, StepError, add_common_arguments, read_record, run_step, upstream, write_json
 from components.training import model_input, source_holdout, tiles_of
 from damnet import registry, storage
 from damnet.data import TileSet
@@ -25,6 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--champion", default=None,
                    help="model to compare with (default: damnet-REGION@champion, else damnet-source@champion)")
     p.add_argument("--device", default="auto")
+
+
+def promoted_from(model: dict, finetune_key: str) -> bool:
+    """Is the registry model ``model`` (a model_input) the promoted output of that finetune run?"""
+    import mlflow
+
+    if "/" not in model.get("digest", "") or not model["uri"].startswith("models:/"):
+        return False
+    name, version = model["digest"].rsplit("/", 1)
+    tags = mlflow.MlflowClient().get_model_version(name, version).tags
+    return tags.get("damnet.finetune_key") == finetune_key
 
 
 def champion_ref(region: str) -> str:
@@ -45,6 +56,12 @@ def run(args: argparse.Namespace) -> None:
     _, t_rec = tiles_of(layout, labels=None)
     holdout = source_holdout(layout.of(args.source_region))
     champion = model_input(args.champion or champion_ref(layout.region))
+    previous = read_record(layout, "evaluate")
+    if (args.champion is None and previous is not None
+            and previous["inputs"]["candidate"]["digest"] == finetune["key"]
+            and promoted_from(champion, finetune["key"])):
+        # This candidate already won and is the champion now: keep the comparison it won.
+        champion = previous["inputs"]["champion"]
     source = model_input(f"models:/{registry.SOURCE_MODEL}@{registry.CHAMPION}")
     inputs = {"candidate": {"uri": finetune["outputs"]["model"], "digest": finetune["key"]},
               "champion": champion, "source_model": source,

@@ -73,8 +73,11 @@ def run(args: argparse.Namespace) -> None:
         name = registry.registered_name(layout.region)
         info = registry.log_model(finetune["outputs"]["model"], name,
                                   tags={"damnet.region": layout.region, "damnet.evaluate_key": evaluation["key"]})
+        client_tags = {"damnet.finetune_key": finetune["key"], "damnet.evaluate_key": evaluation["key"]}
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
+        for k, v in client_tags.items():
+            client.set_model_version_tag(name, version, k, v)
         for k, v in candidate.items():
             if v is not None:
                 client.set_model_version_tag(name, version, f"damnet.{k}", f"{v:.6f}")
