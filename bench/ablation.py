@@ -215,7 +215,8 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
 class _row_cache(dict):
     """Finished rows of one pair, kept on disk so an interrupted benchmark picks up where it was.
 
-    Keyed by the plan and the code of the selector, so changed settings start afresh.
+    Keyed by the plan and the code of the selector and the training engine (its modes and
+    losses), so changed settings start afresh.
     """
 
     def __init__(self, work: Path, label: str, plan: Plan) -> None:
@@ -223,9 +224,10 @@ class _row_cache(dict):
         import inspect
 
         import damnet.select
+        import damnet.train
 
-        key = hashlib.sha256((json.dumps(plan.__dict__, sort_keys=True)
-                              + inspect.getsource(damnet.select)).encode()).hexdigest()[:12]
+        key = hashlib.sha256((json.dumps(plan.__dict__, sort_keys=True) + inspect.getsource(damnet.select)
+                              + inspect.getsource(damnet.train)).encode()).hexdigest()[:12]
         self.path = work / f"rows-{label}-{key}.json"
         super().__init__()
         if self.path.exists():
