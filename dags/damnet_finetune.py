@@ -10,39 +10,28 @@ still does, so the page shows why.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Param, TriggerRule, dag
 from damnet_ops import settings as settings_mod
 from damnet_ops.labels import LabelsSensor
+from damnet_ops.settings import DEVICE_TEMPLATE, PROFILES, REGION_PATTERN, region_dag_arguments, steps_template
 from damnet_ops.steps import step_task
 
-REGION_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
 S = settings_mod.load()
 
 params = {
     "region": Param("newtown", type="string", pattern=REGION_PATTERN),
     "source_region": Param("source", type="string", pattern=REGION_PATTERN),
-    "compute_profile": Param("cpu", type="string", enum=["cpu-small", "cpu", "gpu"]),
+    "compute_profile": Param("cpu", type="string", enum=PROFILES),
     "finetune_steps": Param(0, type="integer", minimum=0, description="0: the compute profile's default"),
     "margin": Param(0.01, type="number", description="audit F1 the candidate must gain over the champion"),
     "max_source_drop": Param(0.05, type="number", minimum=0, maximum=1),
     "predict_tile": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32),
 }
-STEPS = "{{ params.finetune_steps or {'cpu-small': 40, 'cpu': 100, 'gpu': 2000}[params.compute_profile] }}"
-DEVICE = "{{ {'cpu-small': 'cpu', 'cpu': 'cpu', 'gpu': 'cuda'}[params.compute_profile] }}"
+STEPS = steps_template("finetune_steps", {"cpu-small": 40, "cpu": 100, "gpu": 2000})
+DEVICE = DEVICE_TEMPLATE
 
 
-@dag(
-    dag_id="damnet_finetune",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params=params,
-    max_active_runs=4,
-    tags=["damnet", "region"],
-    doc_md=__doc__,
-    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)},
-)
+@dag(**region_dag_arguments("damnet_finetune", __doc__, params))
 def damnet_finetune():
     region = ["--region", "{{ params.region }}"]
     wait = LabelsSensor(task_id="wait_for_labels", store=S.store, region="{{ params.region }}",

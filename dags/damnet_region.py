@@ -10,16 +10,13 @@ takes over. Parse-time cost: settings from the environment only.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Asset, Metadata, Param, TriggerRule, dag, task
 from damnet_ops import settings as settings_mod
+from damnet_ops.settings import DEVICE_TEMPLATE, PROFILES, REGION_PATTERN, region_dag_arguments, steps_template
 from damnet_ops.steps import step_task
 
-REGION_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
 URI_PATTERN = r"^$|^(s3://[a-z0-9][a-z0-9.-]{1,62}/|/)[A-Za-z0-9._/+=-]*$"
 SELECTORS = ["combined", "random", "entropy", "margin", "mutual_info", "kcenter"]
-#: compute profile -> adaptation steps and device (see ADAPT_STEPS, DEVICE)
-PROFILES = ["cpu-small", "cpu", "gpu"]
 LABELS_PENDING = Asset(name="damnet-labels-pending", uri="damnet://labels-pending")
 
 S = settings_mod.load()
@@ -44,21 +41,11 @@ params = {
     "adapt_steps": Param(0, type="integer", minimum=0, description="0: the compute profile's default"),
 }
 
-ADAPT_STEPS = ("{{ params.adapt_steps or {'cpu-small': 60, 'cpu': 150, 'gpu': 3000}[params.compute_profile] }}")
-DEVICE = "{{ {'cpu-small': 'cpu', 'cpu': 'cpu', 'gpu': 'cuda'}[params.compute_profile] }}"
+ADAPT_STEPS = steps_template("adapt_steps", {"cpu-small": 60, "cpu": 150, "gpu": 3000})
+DEVICE = DEVICE_TEMPLATE
 
 
-@dag(
-    dag_id="damnet_region",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    params=params,
-    max_active_runs=4,
-    tags=["damnet", "region"],
-    doc_md=__doc__,
-    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)},
-)
+@dag(**region_dag_arguments("damnet_region", __doc__, params))
 def damnet_region():
     region = ["--region", "{{ params.region }}"]
     ingest = step_task(S, "ingest", [*region, "--imagery", "{{ params.imagery }}",

@@ -20,7 +20,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -380,14 +380,16 @@ def opened(files: PairFiles, **kwargs) -> Iterator[OpenPair]:
         pair.close()
 
 
-def check_region(root: Path, bands=None, require_labels: bool = False,
-                 skip_bad: bool = False) -> tuple[list[PairFiles], list[ImageryError]]:
+def check_region(root: Path, bands=None, require_labels: bool = False, skip_bad: bool = False,
+                 ignore_labels: bool = False) -> tuple[list[PairFiles], list[ImageryError]]:
     """Discover and open every pair once; return the usable pairs and the skipped problems.
 
     With ``skip_bad`` each bad pair costs one warning line; otherwise all problems are
     raised together as :class:`ImageryErrors`.
     """
     pairs, errors = discover_pairs(root, require_labels=require_labels)
+    if ignore_labels:  # e.g. prediction: the label files are neither opened nor checked
+        pairs = [replace(files, label=None) for files in pairs]
     good = []
     for files in pairs:
         try:

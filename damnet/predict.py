@@ -67,7 +67,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +78,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from damnet import storage
-from damnet.errors import ImageryError, ImageryErrors
-from damnet.imagery import OpenPair, discover_pairs, opened
+from damnet.imagery import OpenPair, check_region, opened
 
 log = logging.getLogger(__name__)
 
@@ -486,22 +484,7 @@ def predict_region(
     file at fault. ``kw`` goes to :func:`predict_scene`; returns one summary per pair.
     """
     with storage.local_tree(imagery_uri) as root:
-        pairs, errors = discover_pairs(root)
-        pairs = [replace(files, label=None) for files in pairs]
-        good = []
-        for files in pairs:
-            try:
-                with opened(files, bands=bands):
-                    pass
-            except ImageryError as exc:
-                errors.append(exc)
-                continue
-            good.append(files)
-        if errors:
-            if not skip_bad or not good:
-                raise ImageryErrors(errors)
-            for exc in errors:
-                log.warning("skipped: %s", exc)
+        good, _ = check_region(root, bands=bands, skip_bad=skip_bad, ignore_labels=True)
         summaries = []
         for files in good:
             with opened(files, bands=bands) as pair:

@@ -43,3 +43,24 @@ def load() -> Settings:
         namespace=os.environ.get("DAMNET_NAMESPACE", "damnet"),
         gpu_node_selector=(key, value),
     )
+
+
+#: Region names: safe in paths, URIs and registry names (the steps check the same pattern).
+REGION_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+#: compute profile -> device of the GPU-capable steps (CPU steps always use "auto")
+DEVICE_TEMPLATE = "{{ {'cpu-small': 'cpu', 'cpu': 'cpu', 'gpu': 'cuda'}[params.compute_profile] }}"
+PROFILES = ["cpu-small", "cpu", "gpu"]
+
+
+def steps_template(param: str, per_profile: dict[str, int]) -> str:
+    """Training steps: the Param if set (> 0), else the compute profile's default."""
+    return "{{ params.%s or %r[params.compute_profile] }}" % (param, per_profile)  # noqa: UP031 - Jinja braces
+
+
+def region_dag_arguments(dag_id: str, doc: str, params: dict, **extra) -> dict:
+    """The ``@dag`` arguments the per-region DAGs share (manual trigger, a few runs at once)."""
+    import pendulum
+
+    return dict(dag_id=dag_id, schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
+                params=params, max_active_runs=4, tags=["damnet", "region"], doc_md=doc,
+                default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)}, **extra)
