@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import argparse
 
-from components.step import Layout, StepError, add_common_arguments, read_record, run_step, up_to_date
+from components.step import Layout, StepError, add_common_arguments, read_record, run_step, step_key, up_to_date
 from components.training import (
     add_training_arguments,
     drop_checkpoint,
     init_distributed,
+    key_params,
     model_input,
     source_training_tiles,
     stream,
     tiles_of,
     train_config,
 )
-from damnet import registry
+from damnet import registry, storage
 from damnet.train import fit, load_weights, save_state
 
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
         if pre is None:
             raise StepError(f"--use-pretrain: region {layout.region!r} has no pretrain step yet")
         inputs["pretrain"] = {"uri": pre["outputs"]["encoder"], "digest": pre["key"]}
-    params = {"train": cfg.to_dict(), "source_region": args.source_region}
+    params = {"train": key_params(cfg), "source_region": args.source_region}
 
     def body(run):
         model, meta = registry.load_model(model_ref["uri"])
@@ -75,7 +76,10 @@ def run(args: argparse.Namespace) -> None:
             model, _ = registry.load_model(model_ref["uri"])
             if "pretrain" in inputs:
                 load_weights(model, inputs["pretrain"]["uri"], part="encoder")
-            fit(model, cfg, source=stream(source, cfg, "source"), target=stream(target, cfg, "target"))
+            # Same out_dir as rank 0: a restarted job resumes every rank at the same step.
+            out = layout.step_dir("adapt", step_key("adapt", inputs, params))
+            fit(model, cfg, source=stream(source, cfg, "source"), target=stream(target, cfg, "target"),
+                out_dir=storage.join(out, "checkpoint"))
         return
     run_step("adapt", args, inputs, params, body, layout)
 

@@ -1,7 +1,8 @@
 """The ``damnet`` command: one sub-command per pipeline step.
 
 Errors in the user's input (``DamnetError``) print one ``error:`` line and exit with
-status 2; anything else is a bug and keeps its traceback.
+status 2; a candidate the promotion gate refuses exits with 3 (a verdict, not a failure);
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         args._run(args)
     except DamnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     return 0
 
 

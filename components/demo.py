@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from damnet.errors import DamnetError
 from damnet.synthetic import TARGET_STYLES
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
@@ -35,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if not (DAGS / "damnet_region.py").exists():
-        raise SystemExit(f"damnet demo needs the project's dags/ folder next to the package ({DAGS} is missing)")
+        raise DamnetError(f"damnet demo needs the project's dags/ folder next to the package ({DAGS} is missing)")
     sys.path.insert(0, str(DAGS))
     from damnet_ops.demo import run_demo
 

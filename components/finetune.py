@@ -14,6 +14,7 @@ from components.step import Layout, StepError, add_common_arguments, read_json, 
 from components.training import (
     add_training_arguments,
     drop_checkpoint,
+    key_params,
     source_training_tiles,
     stream,
     tiles_of,
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
               "source_tiles": {"uri": s_rec["outputs"]["tiles"], "digest": s_rec["key"]},
               "adapted": {"uri": adapt["outputs"]["model"], "digest": adapt["key"]},
               "labels": {"uri": l_rec["outputs"]["labels"], "digest": l_rec["key"]}}
-    params = {"train": cfg.to_dict(), "source_region": args.source_region}
+    params = {"train": key_params(cfg), "source_region": args.source_region}
 
     def body(run):
         model, _ = registry.load_model(adapt["outputs"]["model"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from components.step import Layout, add_common_arguments, run_step, tree_digest
+from components.step import Layout, StepError, add_common_arguments, run_step, tree_digest
 from damnet import storage
 from damnet.imagery import parse_bands
 from damnet.tiling import MANIFEST, TilingConfig, ingest
@@ -33,7 +33,7 @@ def config_from(args: argparse.Namespace) -> TilingConfig:
                             bands=parse_bands(args.bands), require_labels=args.require_labels,
                             skip_bad=args.skip_bad)
     except ValueError as exc:
-        raise SystemExit(f"damnet ingest: {exc}") from None
+        raise StepError(f"damnet ingest: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> None:

@@ -11,16 +11,16 @@ import argparse
 import torch
 
 from components.step import Layout, add_common_arguments, run_step
-from components.training import add_training_arguments, drop_checkpoint, stream, tiles_of, train_config
+from components.training import add_training_arguments, drop_checkpoint, key_params, stream, tiles_of, train_config
 from damnet.data import TileSet
-from damnet.models import ChangeNet, preset
+from damnet.models import PRESETS, ChangeNet, preset
 from damnet.train import fit, save_state
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
     p.add_argument("--source-region", default="source")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     add_training_arguments(p, "pretrain")
 
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = train_config(args, "pretrain")
     inputs = {"tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]},
               "source_tiles": {"uri": s_rec["outputs"]["tiles"], "digest": s_rec["key"]}}
-    params = {"train": cfg.to_dict(), "preset": args.preset}
+    params = {"train": key_params(cfg), "preset": args.preset}
 
     def body(run):
         torch.manual_seed(args.seed)  # the initial weights too: same inputs, same model

@@ -4,8 +4,8 @@ Input: the evaluate step's metrics. The candidate is registered in ``damnet-<reg
 becomes ``challenger``; it becomes ``champion`` only if every required metric is present,
 its audit F1 beats the champion's by --margin, and its source-holdout F1 is at most
 --max-source-drop below the source model's. The decision and its reasons are tags of the
-model version and decision.json. A rejected candidate ends the step with an error (exit 2)
-after the decision is recorded; the champion stays where it was.
+model version and decision.json. A rejected candidate ends the step with an error line and
+exit status 3 after the decision is recorded; the champion stays where it was.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from damnet.errors import DamnetError
 
 
 class PromotionRejected(DamnetError):
-    """The candidate did not pass the gate; nothing was promoted."""
+    """The candidate did not pass the gate; nothing was promoted (exit status 3)."""
+
+    exit_code = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -34,10 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     name = registry.registered_name(layout.region)
+    if registry.alias_version(mlflow.MlflowClient(), name, registry.CHAMPION) is None:
+        print(f"[{layout.region}] rescore: {name} has no champion yet; nothing to re-score")
+        return
     champion = model_input(f"models:/{name}@{registry.CHAMPION}")
     audit, l_rec = micro_labels(layout, "audit")
     _, t_rec = tiles_of(layout, labels=None)
-    inputs = {"champion": champion, "labels": {"uri": l_rec["outputs"]["labels"], "digest": l_rec["key"]}}
+    inputs = {"champion": champion, "labels": {"uri": l_rec["outputs"]["labels"], "digest": l_rec["key"]},
+              "tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]}}
     params = {"max_drop": args.max_drop}
 
     def body(run):

@@ -208,6 +208,17 @@ class StepRun:
         return log_metrics
 
 
+def redact(uri: str) -> str:
+    """``uri`` without a password (``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:
     out = {}
     for k, v in d.items():
@@ -307,7 +318,7 @@ def run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], param
             "inputs": inputs, "params": params, "outputs": run.outputs, "metrics": run.metrics,
             "info": run.info,
             "mlflow": {"run_id": mlrun.info.run_id, "experiment_id": mlrun.info.experiment_id,
-                       "tracking_uri": mlflow.get_tracking_uri()},
+                       "tracking_uri": redact(mlflow.get_tracking_uri())},
         }
         text = json.dumps(record, indent=1, default=str)
         storage.storage_for(run.out).put_text(run.path("record.json"), text)

@@ -15,7 +15,7 @@ import mlflow
 import torch
 
 from components.step import Layout, StepError, add_common_arguments, fraction, run_step, write_json
-from components.training import add_training_arguments, drop_checkpoint, stream, tiles_of, train_config
+from components.training import add_training_arguments, drop_checkpoint, key_params, stream, tiles_of, train_config
 from damnet import registry
 from damnet.data import split_ids
 from damnet.evaluate import evaluate
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     tiles, ingest_record = tiles_of(layout)
     cfg = train_config(args, "supervised")
-    params = {"train": cfg.to_dict(), "preset": args.preset, "holdout": args.holdout, "margin": args.margin}
+    params = {"train": key_params(cfg), "preset": args.preset, "holdout": args.holdout, "margin": args.margin}
     inputs = {"tiles": {"uri": ingest_record["outputs"]["tiles"], "digest": ingest_record["key"]}}
 
     def body(run):

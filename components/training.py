@@ -30,6 +30,12 @@ def add_training_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         g.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
 
 
+def key_params(cfg: TrainConfig) -> dict:
+    """The training settings that define the result (the device does not: every rank and a
+    CPU or GPU re-run of the same inputs share the step key)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("device", "amp")}
+
+
 def train_config(args: argparse.Namespace, mode: str) -> TrainConfig:
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
                  "seed": args.seed, "device": args.device,
@@ -45,7 +51,11 @@ def train_config(args: argparse.Namespace, mode: str) -> TrainConfig:
 def tiles_of(layout, labels="manifest") -> tuple[TileSet, dict]:
     """The region's tiles (from its ingest record) and that record."""
     record = upstream(layout, "ingest")
-    return TileSet(record["outputs"]["tiles"], labels=labels), record
+    tiles = TileSet(record["outputs"]["tiles"], labels=labels)
+    if len(tiles) == 0:
+        raise StepError(f"{record['outputs']['manifest']}: region {layout.region!r} has no tiles "
+                        "(all imagery was nodata or skipped at ingest)")
+    return tiles, record
 
 
 def source_training_tiles(layout) -> tuple[TileSet, dict]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from components.step import Layout, add_common_arguments, log_artifacts, read_record, run_step, upstream
+from components.step import Layout, StepError, add_common_arguments, log_artifacts, read_record, run_step, upstream
 from damnet.validation import ValidationConfig, ValidationFailed, validate_region
 
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> None:
         config = ValidationConfig(min_tiles=args.min_tiles, max_misregistration_px=args.max_misregistration_px,
                                   max_nodata_fraction=args.max_nodata_fraction, mostly=args.mostly)
     except ValueError as exc:
-        raise SystemExit(f"damnet validate: {exc}") from None
+        raise StepError(f"damnet validate: {exc}") from None
     inputs = {"tiles": {"uri": ingest["outputs"]["tiles"], "digest": ingest["key"]}}
     source = read_record(layout.of(args.source_region), "ingest") if args.source_region != layout.region else None
     if source is not None:

@@ -3,14 +3,15 @@
 wait for labels (deferrable) -> import-labels -> finetune -> evaluate -> promote
 -> predict (the new champion's change maps) -> report
 
-``promote`` fails the task when the gate refuses the candidate (the decision and reasons
-are recorded on the model version first); ``predict`` then does not run and ``report``
-still does, so the page shows why.
+When the gate refuses the candidate (decision and reasons recorded on the model version),
+``promote`` ends *skipped*: ``predict`` is skipped too and ``report`` still runs, so the
+page shows why. A step that really fails fails the run (``steps_failed``).
 """
 
 from __future__ import annotations
 
-from airflow.sdk import Param, TriggerRule, dag
+from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.sdk.exceptions import AirflowFailException
 from damnet_ops import settings as settings_mod
 from damnet_ops.labels import LabelsSensor
 from damnet_ops.settings import DEVICE_TEMPLATE, PROFILES, REGION_PATTERN, region_dag_arguments, steps_template
@@ -23,8 +24,9 @@ params = {
     "source_region": Param("source", type="string", pattern=REGION_PATTERN),
     "compute_profile": Param("cpu", type="string", enum=PROFILES),
     "finetune_steps": Param(0, type="integer", minimum=0, description="0: the compute profile's default"),
-    "margin": Param(0.01, type="number", description="audit F1 the candidate must gain over the champion"),
-    "max_source_drop": Param(0.05, type="number", minimum=0, maximum=1),
+    "margin": Param(0.01, type="number", minimum=0, maximum=1,
+                    description="audit F1 the candidate must gain over the champion (>= 0: never promote worse)"),
+    "max_source_drop": Param(0.05, type="number", minimum=0, maximum=0.2),
     "predict_tile": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32),
 }
 STEPS = steps_template("finetune_steps", {"cpu-small": 40, "cpu": 100, "gpu": 2000})
@@ -45,8 +47,14 @@ def damnet_finetune():
     predict = step_task(S, "predict", [*region, "--tile", "{{ params.predict_tile }}", "--device", DEVICE],
                         gpu=True)
     report = step_task(S, "report", region, trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ONE_FAILED)
+    def steps_failed():
+        """Fails the run when a step failed (report, which always runs, would hide it)."""
+        raise AirflowFailException("a step of this run failed; see its log")
+
     wait >> imported >> finetune >> evaluate >> promote >> predict >> report
     promote >> report
+    [wait, imported, finetune, evaluate, promote, predict, report] >> steps_failed()
 
 
 damnet_finetune()

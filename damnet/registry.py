@@ -111,6 +111,8 @@ def log_model(model_uri: str, registered_model: str | None = None, tags: dict | 
         local.write_bytes(Path(path).read_bytes())
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(code), artifacts={"model": str(local)},
+            # The damnet package travels with the model, so it loads (and serves) anywhere.
+            code_paths=[str(Path(__file__).parent)],
             registered_model_name=registered_model, tags=tags,
             pip_requirements=["torch==2.13.0", "numpy"],
         )

@@ -51,7 +51,7 @@ GPU_DEVICE = "cuda"  # GPU steps fail fast instead of training on the CPU when n
 
 # Transient failures (S3 or MLflow hiccups, an evicted or preempted pod) are retried; the steps
 # are idempotent, so a retry redoes only what is not recorded yet. Steps whose failure is a
-# verdict on the input (exit 2: failed expectations, a malformed label export, a rejected
+# verdict on the input (exit 2: failed expectations, a malformed label export; exit 3: a rejected
 # candidate) are not retried: the same input fails the same way.
 RETRY = {"num_retries": 2, "backoff_duration": "120s", "backoff_factor": 2.0, "backoff_max_duration": "1800s"}
 NO_RETRY_STEPS = ("validate", "import-labels", "promote")
@@ -131,7 +131,7 @@ def evaluate(store: str, region: str, run_group: str, source_region: str):
 
 @dsl.container_component
 def promote(store: str, region: str, run_group: str, margin: float, max_source_drop: float):
-    """Register the candidate; move ``champion`` only if the gate holds (else exit 2)."""
+    """Register the candidate; move ``champion`` only if the gate holds (else exit 3)."""
     return dsl.ContainerSpec(image=DEFAULT_IMAGE, command=["damnet"], args=[
         *_common("promote", store, region, run_group), "--margin", margin, "--max-source-drop", max_source_drop])
 

@@ -118,7 +118,7 @@ def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
 
     client = mlflow.MlflowClient()
     # A gate no model can pass: refused, recorded, champion untouched.
-    assert main(["promote", *a, "--margin", "2"]) == 2
+    assert main(["promote", *a, "--margin", "2"]) == 3
     err = capsys.readouterr().err
     assert "was not promoted" in err and "does not beat" in err
     v1 = client.get_model_version("damnet-newtown", "1")
@@ -127,7 +127,7 @@ def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias("damnet-newtown", "champion")
     # A required metric that evaluation does not produce: refused.
-    assert main(["promote", *a, "--margin", "-1", "--required", "audit_f1,source_f1,kappa"]) == 2
+    assert main(["promote", *a, "--margin", "-1", "--required", "audit_f1,source_f1,kappa"]) == 3
     assert "lacks required metric(s): kappa" in capsys.readouterr().err
     # A gate it passes: champion.
     assert main(["promote", *a, "--margin", "-1", "--max-source-drop", "1"]) == 0
@@ -147,6 +147,14 @@ def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
     assert main(["report", *a]) == 0
     page = Path(record(region, "report")["outputs"]["report"]).read_text()
     assert "promoted to champion" in page and "scene_000" in page
+
+    # The nightly check: the champion on its audit set, against its F1 at promotion.
+    assert main(["rescore", *a]) == 0
+    assert client.get_model_version("damnet-newtown", champion.version).tags["damnet.drift"] == "ok"
+    client.set_model_version_tag("damnet-newtown", champion.version, "damnet.audit_f1", "0.99")
+    assert main(["rescore", *a, "--force"]) == 2
+    assert "audit F1 fell to" in capsys.readouterr().err
+    assert client.get_model_version("damnet-newtown", champion.version).tags["damnet.drift"] == "flagged"
 
 
 def test_validation_failure_stops_with_a_summary_and_keeps_the_data_docs(region, capsys):

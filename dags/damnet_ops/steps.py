@@ -17,10 +17,12 @@ region run, and in local mode ``--store`` (pods read ``DAMNET_STORE`` from the c
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from damnet_ops.settings import Settings
 
@@ -32,7 +34,13 @@ RUN_AS = 10001
 
 
 class StepFailed(Exception):
-    """A step command exited non-zero (its error line is the message)."""
+    """A step command failed unexpectedly (its error line is the message); retried."""
+
+
+#: exit status of a step whose verdict is "no" (the promotion gate refused the candidate)
+REJECTED = 3
+#: exit status of a step refusing its input: retrying cannot help
+BAD_INPUT = 2
 
 
 class DamnetStep(BaseOperator):
@@ -50,7 +58,9 @@ class DamnetStep(BaseOperator):
         cmd = [sys.executable, "-m", "components.cli", self.step, *map(str, self.arguments)]
         self.log.info("running: damnet %s %s", self.step, " ".join(map(str, self.arguments)))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        # Own process group: on_kill stops the step and whatever it started (torchrun, GDAL).
+        proc = self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                             env=env, start_new_session=True)
         last_error = ""
         echo = os.environ.get("DAMNET_ECHO_STEPS") == "1"  # the demo shows step output on its console
         if echo:
@@ -64,9 +74,23 @@ class DamnetStep(BaseOperator):
             if line.startswith("error: "):
                 last_error = line[len("error: "):]
         code = proc.wait()
+        message = f"damnet {self.step} exited with {code}: {last_error or 'see the log above'}"
+        if code == REJECTED:  # a verdict: what depends on it is skipped, the run goes on
+            raise AirflowSkipException(message)
+        if code == BAD_INPUT:  # the input is wrong: no retry
+            raise AirflowFailException(message)
         if code != 0:
-            raise StepFailed(f"damnet {self.step} exited with {code}: {last_error or 'see the log above'}")
+            raise StepFailed(message)
         return self.step
+
+    def on_kill(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _k8s_kwargs(settings: Settings, step: str, gpu: bool) -> dict:
