@@ -17,6 +17,7 @@ import torch
 from components.step import Layout, add_common_arguments, read_json, run_step, upstream
 from components.training import tiles_of
 from damnet import labels, registry
+from damnet.data import TileSet
 from damnet.evaluate import change_probability
 from damnet.train import resolve_device
 
@@ -57,8 +58,7 @@ def run(args: argparse.Namespace) -> None:
     def body(run):
         sel = read_json(select["outputs"]["selection"])
         sets = {t: "train" for t in sel["train"]} | {t: "audit" for t in sel["audit"]}
-        index = {t: i for i, t in enumerate(tiles.ids)}
-        chosen = tiles.subset([index[t] for t in sets])
+        chosen = TileSet(t_rec["outputs"]["tiles"], tile_ids=list(sets), labels=None)
         model, _ = registry.load_model(adapt["outputs"]["model"])
         masks = predicted_masks(model, chosen, args.device)
         summary = labels.write_export(

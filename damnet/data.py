@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from damnet.errors import UnknownTiles
 from damnet.tiling import load_manifest, read_label, read_tile
 
 
@@ -50,7 +51,9 @@ class TileSet:
             by_id = {t["tile_id"]: t for t in tiles}
             missing = [i for i in tile_ids if i not in by_id]
             if missing:
-                raise KeyError(f"{region_uri}: unknown tile id(s) {missing[:5]}")
+                raise UnknownTiles(f"{region_uri}: unknown tile id(s) {missing[:5]}"
+                                   f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}; was the "
+                                   "region re-ingested since? re-run the steps after ingest (adapt, select, ...)")
             tiles = [by_id[i] for i in tile_ids]
         self.tiles = tiles
         self.labels = labels

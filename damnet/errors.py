@@ -34,5 +34,12 @@ class ImageryErrors(DamnetError):
         super().__init__(f"{len(self.errors)} problem(s) in the imagery:\n{lines}")
 
 
+class UnknownTiles(DamnetError, KeyError):
+    """Tile ids that the region's manifest does not have (e.g. it was re-ingested since)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class StorageError(DamnetError):
     """A storage URI is malformed, missing or cannot be written."""

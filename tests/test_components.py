@@ -168,3 +168,12 @@ def test_validation_failure_stops_with_a_summary_and_keeps_the_data_docs(region,
     assert docs, "the Data Docs of a failed validation are kept"
     assert main(["validate", "--store", str(store), "--region", "newtown", "--min-tiles", "4"]) == 0
     assert record(region, "validate")["metrics"]["passed"] == 1.0
+
+
+def test_tiles_that_the_region_no_longer_has_are_one_clear_error(region):
+    from damnet.data import TileSet
+    from damnet.errors import DamnetError
+
+    tiles = str(region["store"] / "regions" / "newtown" / "tiles")
+    with pytest.raises(DamnetError, match=r"unknown tile id\(s\) \['gone_r00000_c00000'\]; was the region re-ingested"):
+        TileSet(tiles, tile_ids=["gone_r00000_c00000"])
