@@ -54,12 +54,17 @@ def run(args: argparse.Namespace) -> None:
         inputs["pretrain"] = {"uri": pre["outputs"]["encoder"], "digest": pre["key"]}
     params = {"train": key_params(cfg), "source_region": args.source_region}
 
-    def body(run):
-        model, meta = registry.load_model(model_ref["uri"])
+    def adapted(out_dir: str, on_log=None):
+        """The model and fit result; every torchrun rank runs this with rank 0's out_dir, so a
+        restarted job resumes all ranks at the same step."""
+        model, _ = registry.load_model(model_ref["uri"])
         if "pretrain" in inputs:
             load_weights(model, inputs["pretrain"]["uri"], part="encoder")
-        result = fit(model, cfg, source=stream(source, cfg, "source"), target=stream(target, cfg, "target"),
-                     out_dir=run.path("checkpoint"), on_log=run.on_log())
+        return model, fit(model, cfg, source=stream(source, cfg, "source"), target=stream(target, cfg, "target"),
+                          out_dir=storage.join(out_dir, "checkpoint"), on_log=on_log)
+
+    def body(run):
+        model, result = adapted(run.out, run.on_log())
         registry.save_model(model, run.path("model.pt"), region=layout.region, mode="adapt",
                             parent=model_ref["uri"], steps=cfg.steps)
         save_state(run.path("discriminator.pt"),
@@ -73,13 +78,7 @@ def run(args: argparse.Namespace) -> None:
 
     if rank > 0:  # torchrun: the other ranks train alongside rank 0, which writes and logs everything
         if not up_to_date("adapt", args, inputs, params, layout):
-            model, _ = registry.load_model(model_ref["uri"])
-            if "pretrain" in inputs:
-                load_weights(model, inputs["pretrain"]["uri"], part="encoder")
-            # Same out_dir as rank 0: a restarted job resumes every rank at the same step.
-            out = layout.step_dir("adapt", step_key("adapt", inputs, params))
-            fit(model, cfg, source=stream(source, cfg, "source"), target=stream(target, cfg, "target"),
-                out_dir=storage.join(out, "checkpoint"))
+            adapted(layout.step_dir("adapt", step_key("adapt", inputs, params)))
         return
     run_step("adapt", args, inputs, params, body, layout)
 

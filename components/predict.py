@@ -65,11 +65,11 @@ def run(args: argparse.Namespace) -> None:
 
     def body(run):
         model, _ = registry.load_model(model_ref["uri"])
-        results = predict_region(model, imagery, run.out, tile=args.tile, overlap=args.overlap,
-                                 batch_size=args.batch_size, threshold=args.threshold,
-                                 min_area_px=args.min_area_px, device=args.device)
         scenes = []
-        with storage.local_tree(imagery) as root:
+        with storage.local_tree(imagery) as root:  # fetched once: prediction and quicklooks read it
+            results = predict_region(model, str(root), run.out, tile=args.tile, overlap=args.overlap,
+                                     batch_size=args.batch_size, threshold=args.threshold,
+                                     min_area_px=args.min_area_px, device=args.device)
             for r in results:
                 post = next(iter(sorted((root / "post").glob(r["name"] + ".*")) or
                                  sorted((root / "B").glob(r["name"] + ".*"))), None)

@@ -29,7 +29,6 @@ import os
 import re
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -197,13 +196,12 @@ class StepRun:
         """Also log ``uri`` (file or folder) to the step's MLflow run."""
         self.artifacts.append((uri, folder))
 
-    def on_log(self, prefix: str = "") -> Callable[[int, dict], None]:
+    def on_log(self) -> Callable[[int, dict], None]:
         """A ``train.fit`` callback that streams training metrics to the active MLflow run."""
         import mlflow
 
         def log_metrics(step: int, entry: dict) -> None:
-            mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in entry.items() if k != "step"},
-                               step=step)
+            mlflow.log_metrics({k: float(v) for k, v in entry.items() if k != "step"}, step=step)
 
         return log_metrics
 
@@ -277,12 +275,18 @@ def mlflow_step_run(layout: Layout, step: str, group: str, tags: dict | None = N
         yield run
 
 
+def _finished(name: str, args: argparse.Namespace, key: str, layout: Layout) -> dict | None:
+    """The record of a finished run of this step with this key, unless --force."""
+    previous = read_record(layout, name)
+    if previous and previous["key"] == key and not getattr(args, "force", False) and _outputs_exist(previous):
+        return previous
+    return None
+
+
 def up_to_date(name: str, args: argparse.Namespace, inputs: dict[str, dict], params: dict,
                layout: Layout) -> bool:
     """Would :func:`run_step` skip this step?"""
-    previous = read_record(layout, name)
-    return bool(previous and previous["key"] == step_key(name, inputs, params)
-                and not getattr(args, "force", False) and _outputs_exist(previous))
+    return _finished(name, args, step_key(name, inputs, params), layout) is not None
 
 
 def run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], params: dict,
@@ -296,9 +300,10 @@ def run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], param
 
     layout = layout or Layout.from_args(args)
     key = step_key(name, inputs, params)
-    if up_to_date(name, args, inputs, params, layout):
+    previous = _finished(name, args, key, layout)
+    if previous is not None:
         print(f"[{layout.region}] {name}: up to date (key {key}), nothing to do", flush=True)
-        return read_record(layout, name)
+        return previous
 
     run = StepRun(name, layout, key, layout.step_dir(name, key))
     started = time.time()
@@ -342,9 +347,3 @@ def _outputs_exist(record: dict) -> bool:
             elif not Path(uri).exists():
                 return False
     return True
-
-
-@contextlib.contextmanager
-def scratch() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="damnet-") as tmp:
-        yield Path(tmp)
