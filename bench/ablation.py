@@ -55,6 +55,8 @@ class Plan:
     lambda_adv: float = 1e-3
     seeds: int = 3
     preset: str = "tiny"
+    adapt: dict = field(default_factory=dict)  #: TrainConfig overrides of the adaptation row
+    finetune: dict = field(default_factory=dict)  #: ... of the MLFT rows
 
     @classmethod
     def quick(cls) -> Plan:
@@ -120,7 +122,7 @@ def _source_model(work: Path, plan: Plan, source: TileSet) -> tuple[ChangeNet, f
 
 
 def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileSet,
-             label: str, log) -> list[Row]:
+             label: str, log, upto: str = "oracle") -> list[Row]:
     """All rows for one source -> target pair."""
     rows: list[Row] = []
     n_pool = len(pool)
@@ -134,7 +136,8 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
     log(f"[{label}] source only: F1 {rows[-1].cell('f1')}")
 
     adapted = copy.deepcopy(src_model)
-    cache = work / f"adapted-{label}-{plan.preset}-{plan.adapt_steps}-{plan.lambda_adv:g}.pt"
+    extra = "".join(f"-{k}={v}" for k, v in sorted(plan.adapt.items()))
+    cache = work / f"adapted-{label}-{plan.preset}-{plan.adapt_steps}-{plan.lambda_adv:g}{extra}.pt"
     if cache.exists():
         state = torch.load(cache, weights_only=True)
         adapted.load_state_dict(state["model"])
@@ -143,13 +146,15 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
         t = time.time()
         res = _train(adapted, "adapt", plan, plan.adapt_steps,
                      source=_stream(source, plan, "source"),
-                     target=_stream(unlabelled, plan, "target"), lambda_adv=plan.lambda_adv,
-                     adv_ramp=plan.adapt_steps // 4)
+                     target=_stream(unlabelled, plan, "target"),
+                     **{"lambda_adv": plan.lambda_adv, "adv_ramp": plan.adapt_steps // 4, **plan.adapt})
         adapt_s = time.time() - t
         disc_state = copy.deepcopy(res.discriminator.state_dict())
         torch.save({"model": adapted.state_dict(), "disc": disc_state, "seconds": adapt_s}, cache)
     rows.append(Row("adversarial adaptation", "0", [measure(adapted)], [adapt_s]))
     log(f"[{label}] adaptation: F1 {rows[-1].cell('f1')} ({adapt_s:.0f} s)")
+    if upto == "adapt":
+        return rows
 
     t = time.time()
     scores = score_region(adapted, pool, batch_size=8, progress=False)
@@ -172,8 +177,8 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
             _train(model, "finetune", plan, plan.finetune_steps, seed=seed,
                    source=_stream(source, plan, "source", seed),
                    micro=_stream(pool.subset(idx), plan, "micro", seed),
-                   target=_stream(unlabelled, plan, "target", seed), lambda_adv=plan.lambda_adv,
-                   discriminator=disc)
+                   target=_stream(unlabelled, plan, "target", seed), discriminator=disc,
+                   **{"lambda_adv": plan.lambda_adv, **plan.finetune})
             row.metrics.append(measure(model))
             row.seconds.append(time.time() - t + (score_s if method != "random" else 0.0))
         log(f"[{label}] {name}: F1 {row.cell('f1')}")
@@ -240,6 +245,11 @@ class _row_cache(dict):
         return row
 
 
+def adapt_line(style: str, rows: list[Row]) -> str:
+    src, adapted = rows[0].mean("f1"), rows[1].mean("f1")
+    return f"{style}: source only F1 {100 * src:.1f}, adaptation {100 * adapted:.1f}"
+
+
 def table(label: str, rows: list[Row]) -> str:
     out = [f"### {label}", "",
            "| row | labels used | P | R | F1 | IoU | wall s |", "|---|---|---|---|---|---|---|"]
@@ -275,6 +285,13 @@ def main() -> None:
     ap.add_argument("--real", action="store_true", help="also LEVIR-CD -> DSIFN-CD from ../shared")
     ap.add_argument("--json", default=None, help="write all rows here")
     ap.add_argument("--lambda-adv", type=float, default=None)
+    ap.add_argument("--adapt-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a TrainConfig field of the adaptation (repeatable)")
+    ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a TrainConfig field of the MLFT rows (repeatable)")
+    ap.add_argument("--finetune-steps", type=int, default=None)
+    ap.add_argument("--upto", choices=("adapt", "oracle"), default="oracle",
+                    help="adapt: stop after the adaptation row (quick look at adaptation settings)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     plan = Plan.quick() if args.quick else Plan()
@@ -282,6 +299,9 @@ def main() -> None:
         plan.seeds = args.seeds
     if args.lambda_adv is not None:
         plan.lambda_adv = args.lambda_adv
+    plan.adapt, plan.finetune = _overrides(args.adapt_set), _overrides(args.finetune_set)
+    if args.finetune_steps:
+        plan.finetune_steps = args.finetune_steps
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
 
@@ -299,9 +319,9 @@ def main() -> None:
         test = TileSet(_region(work, f"{style}-test", style, plan.test_scenes, plan, seed=90 + i))
         log(f"{style}: pool {len(pool)} tiles, test {len(test)} tiles ({time.time() - t:.0f} s)")
         t = time.time()
-        rows = run_pair(work, plan, source, pool, test, style, log)
+        rows = run_pair(work, plan, source, pool, test, style, log, upto=args.upto)
         label = f"source -> {style} (whole table {time.time() - t:.0f} s)"
-        texts.append(table(label, rows))
+        texts.append(table(label, rows) if args.upto == "oracle" else adapt_line(style, rows))
         results[style] = [r.__dict__ for r in rows]
     if args.real:
         texts.append(real_pair(work, plan, log, results))
@@ -313,6 +333,21 @@ def main() -> None:
     print("\n".join(texts))
     if args.json:
         Path(args.json).write_text(json.dumps({"plan": plan.__dict__, "results": results}, indent=1))
+
+
+def _overrides(items: list[str]) -> dict:
+    from dataclasses import fields
+
+    from damnet.train import TrainConfig
+
+    types = {f.name: type(getattr(TrainConfig(), f.name)) for f in fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise SystemExit(f"unknown TrainConfig field {key!r}; known: {', '.join(types)}")
+        out[key] = types[key](value)
+    return out
 
 
 def real_pair(work: Path, plan: Plan, log, results: dict) -> str:

@@ -22,6 +22,7 @@ checkpoint. Runs on CPU or CUDA (bf16 autocast on CUDA), and under ``torchrun`` 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -34,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from damnet import storage
-from damnet.data import Stream
+from damnet.data import Batch, Stream
 from damnet.errors import DamnetError
 from damnet.models import DISC_INPUTS, MAE, ChangeNet, SegDiscriminator, discriminator_input
 
@@ -72,6 +73,15 @@ class TrainConfig:
     lr_d: float = 1e-4
     disc_input: str = "softmax"  #: "softmax", "softmax+entropy" or "self_info" (ADVENT)
     entropy_weight: float = 0.0  #: entropy minimisation on target predictions (0: off)
+    # Keeping the adversarial term from its shortcut (an empty change map looks "source-like")
+    prior_weight: float = 0.0  #: KL of the target batch's predicted change share to the source's
+    # Self-training on unlabelled target tiles: an EMA teacher's confident pixels, class-balanced
+    pseudo_weight: float = 0.0
+    pseudo_threshold: float = 0.9  #: teacher confidence a pixel needs to count
+    ema_decay: float = 0.99  #: the teacher's weights: EMA of the model's
+    # Photometric jitter (gain, offset, gamma, noise; each date on its own): applied to labelled
+    # batches with this strength (0: off) and, with at least 1, to the student's pseudo-label input.
+    photometric: float = 0.0
     # Bookkeeping
     checkpoint_every: int = 50
     log_every: int = 10
@@ -208,6 +218,7 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
         channels = DISC_INPUTS[cfg.disc_input]
         disc = (discriminator or SegDiscriminator(channels, model.config.disc_channels)).to(device)
     trainable: nn.Module = mae if mae is not None else model
+    teacher = _teacher(model) if cfg.pseudo_weight > 0 else None
     params = list(trainable.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
@@ -226,6 +237,8 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
         if disc is not None:
             disc.load_state_dict(state["disc"])
             opt_d.load_state_dict(state["opt_d"])
+        if teacher is not None:
+            teacher.load_state_dict(state["teacher"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
@@ -259,6 +272,8 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
         if disc is not None:
             state["disc"] = disc.state_dict()
             state["opt_d"] = opt_d.state_dict()
+        if teacher is not None:
+            state["teacher"] = teacher.state_dict()
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state()
         save_state(ckpt_uri, state)
@@ -277,7 +292,7 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
                 maps = {}
             else:
                 terms, maps = _generator_terms(g_module, cfg, step, rank, world, device, lam,
-                                               source, target, micro, disc)
+                                               source, target, micro, disc, teacher)
         loss = sum(terms.values())
         if not torch.isfinite(loss.detach()):
             raise TrainingDiverged(
@@ -290,6 +305,8 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
+        if teacher is not None:
+            _ema_update(teacher, model, cfg.ema_decay)
 
         if disc is not None and step >= cfg.adv_start and (step + 1) % cfg.d_every == 0:
             disc.requires_grad_(True)
@@ -328,17 +345,90 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
     return FitResult(cfg.steps, time.time() - started, history, start, disc)
 
 
-def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, micro, disc):
+def _teacher(model: ChangeNet) -> ChangeNet:
+    teacher = copy.deepcopy(model)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+@torch.no_grad()
+def _ema_update(teacher: nn.Module, model: nn.Module, decay: float) -> None:
+    for t, m in zip(teacher.parameters(), model.parameters(), strict=True):
+        t.lerp_(m.detach(), 1 - decay)
+    for t, m in zip(teacher.buffers(), model.buffers(), strict=True):
+        t.copy_(m)
+
+
+def photometric_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Random per-image gain, offset, gamma and noise on (B, 3, H, W) images -> float 0..1.
+
+    Each image (each date) draws its own: a seasonal or radiometric shift between the dates is
+    what the model must learn to ignore. Draws come from the CPU generator (seeded, resumable).
+    """
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if strength <= 0:
+        return x
+    b = x.shape[0]
+    r = torch.rand(b, 8).to(x.device)
+    gain = 1 + strength * 0.3 * (2 * r[:, :3] - 1)  # per channel: colour balance
+    offset = strength * 0.1 * (2 * r[:, 3:6] - 1)
+    gamma = torch.exp(strength * 0.35 * (2 * r[:, 6:7] - 1))
+    noise = strength * 0.02 * r[:, 7:8]
+    x = x.clamp_min(1e-4) ** gamma.view(b, 1, 1, 1)
+    x = x * gain.view(b, 3, 1, 1) + offset.view(b, 3, 1, 1)
+    x = x + noise.view(b, 1, 1, 1) * torch.randn(x.shape).to(x.device)
+    return x.clamp(0, 1)
+
+
+def _pseudo_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor,
+                 threshold: float) -> torch.Tensor:
+    """Cross-entropy to the teacher's confident pixels, averaged per class (so the many
+    confident background pixels cannot outvote the few confident change pixels)."""
+    p = teacher.float().softmax(1)[:, 1]
+    losses = []
+    for cls, mask in ((1, p >= threshold), (0, p <= 1 - threshold)):
+        mask = mask & valid
+        if mask.any():
+            ce = F.cross_entropy(student.float(), torch.full_like(valid, cls, dtype=torch.long),
+                                 reduction="none")
+            losses.append(ce[mask].mean())
+    return sum(losses) / len(losses) if losses else student.sum() * 0.0
+
+
+def _change_prior(target_logits: torch.Tensor, valid: torch.Tensor, source: Batch | None) -> torch.Tensor:
+    """Binary KL(source label change share || target predicted change share) over the batch."""
+    v = valid.float()
+    q = ((target_logits.float().softmax(1)[:, 1] * v).sum() / v.sum().clamp_min(1)).clamp(1e-4, 1 - 1e-4)
+    if source is None or source.label is None:
+        return q * 0.0
+    sv = source.valid.float()
+    r = ((source.label.float() * sv).sum() / sv.sum().clamp_min(1)).clamp(1e-3, 1 - 1e-3)
+    return r * torch.log(r / q) + (1 - r) * torch.log((1 - r) / (1 - q))
+
+
+def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, micro, disc, teacher=None):
     """One forward pass over all streams of this step; the weighted loss terms and the maps."""
     parts = []
     if cfg.source_weight > 0:
         parts.append(("source", source.batch(step, rank, world)))
     if cfg.micro_weight > 0:
         parts.append(("micro", micro.batch(step, rank, world)))
-    if lam > 0 or cfg.entropy_weight > 0 or (disc is not None and step >= cfg.adv_start):
+    if (lam > 0 or cfg.entropy_weight > 0 or cfg.prior_weight > 0 or teacher is not None
+            or (disc is not None and step >= cfg.adv_start)):
         parts.append(("target", target.batch(step, rank, world)))
     batches = [b.to(device) for _, b in parts]
-    logits = g(torch.cat([b.pre for b in batches]), torch.cat([b.post for b in batches]))
+    pre, post = [], []
+    for name, b in zip([n for n, _ in parts], batches, strict=True):
+        if name == "target" and teacher is not None:
+            strength = max(1.0, cfg.photometric)
+        else:
+            strength = cfg.photometric if name in ("source", "micro") else 0.0
+        pre.append(photometric_jitter(b.pre, strength) if strength > 0 else b.pre)
+        post.append(photometric_jitter(b.post, strength) if strength > 0 else b.post)
+    if any(p.dtype != pre[0].dtype for p in pre):
+        pre = [p.float() / 255 if p.dtype == torch.uint8 else p for p in pre]
+        post = [p.float() / 255 if p.dtype == torch.uint8 else p for p in post]
+    logits = g(torch.cat(pre), torch.cat(post))
     maps = dict(zip([name for name, _ in parts],
                     logits.split([b.pre.shape[0] for b in batches]), strict=True))
     terms = {}
@@ -351,6 +441,16 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
         info = discriminator_input(maps["target"], "self_info").sum(1)
         terms["entropy"] = cfg.entropy_weight * (info * batches[-1].valid).sum() / \
             batches[-1].valid.sum().clamp_min(1)
+    by_name = dict(zip([n for n, _ in parts], batches, strict=True))
+    if cfg.prior_weight > 0:
+        terms["prior"] = cfg.prior_weight * _change_prior(maps["target"], by_name["target"].valid,
+                                                          by_name.get("source") or by_name.get("micro"))
+    if teacher is not None:
+        tb = by_name["target"]
+        with torch.no_grad():
+            t_logits = teacher(tb.pre, tb.post)
+        terms["pseudo"] = cfg.pseudo_weight * _pseudo_loss(maps["target"], t_logits, tb.valid,
+                                                           cfg.pseudo_threshold)
     if lam > 0:
         disc.requires_grad_(False)
         d_out = disc(discriminator_input(maps["target"], cfg.disc_input))
@@ -360,7 +460,8 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
 
 def _check_streams(cfg, source, target, micro, unlabelled) -> None:
     needs = {"source": cfg.source_weight > 0 and cfg.mae_weight == 0,
-             "target": cfg.lambda_adv > 0 or cfg.entropy_weight > 0, "micro": cfg.micro_weight > 0,
+             "target": cfg.lambda_adv > 0 or cfg.entropy_weight > 0 or cfg.prior_weight > 0
+             or cfg.pseudo_weight > 0, "micro": cfg.micro_weight > 0,
              "unlabelled": cfg.mae_weight > 0}
     given = {"source": source, "target": target, "micro": micro, "unlabelled": unlabelled}
     missing = [k for k, need in needs.items() if need and given[k] is None]

@@ -185,3 +185,85 @@ def test_same_seed_same_run_whatever_the_caller_did_before(tiny_regions):
         runs.append((model.state_dict(), result.discriminator.state_dict()))
     for a, b in zip(runs[0], runs[1], strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_photometric_jitter_changes_each_date_on_its_own_and_stays_in_range():
+    from damnet.train import photometric_jitter
+
+    x = torch.full((4, 3, 8, 8), 128, dtype=torch.uint8)
+    assert torch.equal(photometric_jitter(x, 0.0), x.float() / 255)  # off: just the 0..1 input
+    torch.manual_seed(0)
+    y = photometric_jitter(x, 1.0)
+    assert y.shape == x.shape and y.dtype == torch.float32 and 0 <= y.min() and y.max() <= 1
+    means = y.mean(dim=(2, 3))
+    assert len({tuple(m.round(decimals=3).tolist()) for m in means}) == 4  # every image draws its own
+    assert (means - 128 / 255).abs().max() > 0.02  # and it really shifts the radiometry
+    torch.manual_seed(0)
+    assert torch.equal(photometric_jitter(x, 1.0), y)  # seeded: resumable, reproducible
+
+
+def test_pseudo_labels_are_class_balanced_and_skip_unsure_pixels():
+    from damnet.train import _pseudo_loss
+
+    teacher = torch.zeros(1, 2, 10, 10)
+    teacher[:, 0] = 5.0  # confident background everywhere ...
+    teacher[0, :, 0, 0] = torch.tensor([-5.0, 5.0])  # ... but one confident change pixel
+    teacher[0, :, 9, 9] = 0.0  # and one unsure pixel (p = 0.5): no pseudo-label
+    valid = torch.ones(1, 10, 10, dtype=torch.bool)
+    says_nothing = torch.zeros(1, 2, 10, 10)
+    says_nothing[:, 0] = 5.0
+    # One change pixel among 98 background ones still weighs half of the loss: predicting no
+    # change everywhere is expensive, which is what keeps self-training from collapsing.
+    loss = _pseudo_loss(says_nothing, teacher, valid, 0.9)
+    assert loss > 0.5 * 5.0
+    agrees = teacher.clone()
+    agrees[0, :, 9, 9] = torch.tensor([-5.0, 5.0])  # the unsure pixel does not count either way
+    assert _pseudo_loss(agrees, teacher, valid, 0.9) < 0.01
+    nothing_sure = torch.zeros(1, 2, 10, 10)
+    assert _pseudo_loss(says_nothing, nothing_sure, valid, 0.9) == 0
+
+
+def test_change_prior_is_zero_at_the_source_share_and_grows_towards_an_empty_map():
+    from damnet.data import Batch
+    from damnet.train import _change_prior
+
+    label = torch.zeros(1, 10, 10, dtype=torch.long)
+    label[0, :1] = 1  # 10 % change in the source batch
+    ones = torch.ones(1, 10, 10, dtype=torch.bool)
+    src = Batch(label, label, label, ones, torch.zeros(1))
+
+    def logits_with_share(share):
+        p = torch.full((1, 10, 10), share)
+        return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
+
+    at = _change_prior(logits_with_share(0.10), ones, src)
+    assert abs(float(at)) < 1e-5
+    values = [float(_change_prior(logits_with_share(s), ones, src)) for s in (0.05, 0.01, 0.001)]
+    assert values == sorted(values) and values[-1] > 0.1
+
+
+def test_self_training_resumes_with_its_teacher(tiny_regions, tmp_path):
+    src, tgt = TileSet(tiny_regions["source"]), TileSet(tiny_regions["target"], labels=None)
+    cfg = mode_config("adapt", steps=4, batch_size=2, crop=64, log_every=1, checkpoint_every=2,
+                      pseudo_weight=1.0, pseudo_threshold=0.5, prior_weight=1.0, photometric=0.5,
+                      ema_decay=0.5)
+
+    def run(out, stop_after=None):
+        def on_log(step, metrics):
+            if stop_after is not None and step > stop_after:
+                raise KeyboardInterrupt
+
+        model = _model()
+        with contextlib.suppress(KeyboardInterrupt):
+            fit(model, cfg, source=Stream(src, 2, 64, 0, "s"), target=Stream(tgt, 2, 64, 0, "t"),
+                out_dir=out, on_log=on_log, progress=False)
+        return model
+
+    whole = run(tmp_path / "whole")
+    state = load_checkpoint(str(tmp_path / "whole" / CHECKPOINT))
+    assert {"pseudo", "prior"} <= set(state["history"][-1]) and "teacher" in state
+    run(tmp_path / "killed", stop_after=2)
+    assert load_checkpoint(str(tmp_path / "killed" / CHECKPOINT))["step"] == 2
+    resumed = run(tmp_path / "killed")
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
