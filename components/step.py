@@ -130,6 +130,15 @@ def upstream(layout: Layout, step: str, hint: str | None = None) -> dict:
     if record is None:
         raise StepError(f"region {layout.region!r}: step {step!r} has not run yet in {layout.store} "
                         f"({hint or f'run: damnet {step} --region {layout.region}'})")
+    made_from = record.get("inputs", {}).get("tiles", {}).get("digest")
+    if step != "ingest" and made_from is not None:
+        ingest = read_record(layout, "ingest")
+        if ingest is not None and ingest["key"] != made_from:
+            # A re-ingested region under older steps: mixing them would pair tiles, models and
+            # labels of two different versions of the region.
+            raise StepError(f"region {layout.region!r}: the {step!r} record was made from an earlier "
+                            f"ingest of the region (tiles {made_from}, now {ingest['key']}); "
+                            f"re-run {step} first: damnet {step} --region {layout.region}")
     return record
 
 

@@ -26,6 +26,12 @@ def add_training_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     if mode in ("adapt", "finetune"):
         g.add_argument("--lambda-adv", type=float, default=base.lambda_adv)
+        g.add_argument("--photometric", type=float, default=base.photometric,
+                       help="strength of per-date photometric jitter on labelled batches (0: off)")
+        g.add_argument("--prior-weight", type=float, default=base.prior_weight,
+                       help="weight of the change-share prior on target predictions (0: off)")
+        g.add_argument("--pseudo-weight", type=float, default=base.pseudo_weight,
+                       help="weight of self-training on the target (EMA teacher; 0: off)")
     if mode == "supervised":
         g.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
 
@@ -40,8 +46,9 @@ def train_config(args: argparse.Namespace, mode: str) -> TrainConfig:
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
                  "seed": args.seed, "device": args.device,
                  "checkpoint_every": max(10, args.steps // 5)}
-    if hasattr(args, "lambda_adv"):
-        overrides["lambda_adv"] = args.lambda_adv
+    for name in ("lambda_adv", "photometric", "prior_weight", "pseudo_weight"):
+        if hasattr(args, name):
+            overrides[name] = getattr(args, name)
     cfg = mode_config(mode, **overrides)
     if mode == "adapt":
         cfg = replace(cfg, adv_ramp=min(cfg.adv_ramp, max(1, cfg.steps // 3)))

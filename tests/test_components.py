@@ -177,3 +177,24 @@ def test_tiles_that_the_region_no_longer_has_are_one_clear_error(region):
     tiles = str(region["store"] / "regions" / "newtown" / "tiles")
     with pytest.raises(DamnetError, match=r"unknown tile id\(s\) \['gone_r00000_c00000'\]; was the region re-ingested"):
         TileSet(tiles, tile_ids=["gone_r00000_c00000"])
+
+
+def test_steps_refuse_upstream_records_of_an_earlier_ingest(region, capsys):
+    store = region["store"]
+    s = ["--store", str(store)]
+    r = [*s, "--region", "oldtown"]
+    write_region(str(store / "imagery" / "oldtown"), "target_season", n_scenes=1, size=256, seed=3)
+    for argv in (["ingest", *r, "--tile-size", "64"], ["adapt", *r, "--steps", "2", *TINY]):
+        assert main(argv) == 0, argv
+    adapt_before = json.loads((store / "regions/oldtown/steps/adapt.json").read_text())
+    # The region is re-ingested with other settings: its tiles are a new version.
+    assert main(["ingest", *r, "--tile-size", "128"]) == 0
+    capsys.readouterr()
+    assert main(["select", *r, "--budget", "1", "--audit", "1", "--max-label-share", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "the 'adapt' record was made from an earlier ingest" in err and "damnet adapt --region oldtown" in err
+    assert not (store / "regions/oldtown/steps/select.json").exists()
+    assert json.loads((store / "regions/oldtown/steps/adapt.json").read_text()) == adapt_before
+    # After re-running adapt on the new tiles, selection goes on.
+    assert main(["adapt", *r, "--steps", "2", *TINY]) == 0
+    assert main(["select", *r, "--budget", "1", "--audit", "1", "--max-label-share", "0.5"]) == 0

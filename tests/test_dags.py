@@ -72,7 +72,8 @@ def _pod(task):
 
 def test_kubernetes_mode_renders_gpu_pods_for_training_and_cpu_pods_for_the_rest(airflow_home, monkeypatch):
     bag = dagbag(monkeypatch, DAMNET_EXECUTION="kubernetes", DAMNET_IMAGE="reg.example/damnet:1.2.3",
-                 DAMNET_GPU_IMAGE="reg.example/damnet:1.2.3-cuda", DAMNET_NAMESPACE="damnet-test")
+                 DAMNET_GPU_IMAGE="reg.example/damnet:1.2.3-cuda", DAMNET_NAMESPACE="damnet-test",
+                 DAMNET_STORE="s3://damnet-test/store")
     region, finetune = bag.get_dag("damnet_region"), bag.get_dag("damnet_finetune")
     for dag, task_id in ((region, "adapt"), (finetune, "finetune"), (finetune, "predict")):
         pod = _pod(dag.get_task(task_id))
@@ -94,6 +95,16 @@ def test_kubernetes_mode_renders_gpu_pods_for_training_and_cpu_pods_for_the_rest
     assert c["image"] == "reg.example/damnet:1.2.3" and "nvidia.com/gpu" not in c["resources"]["limits"]
     assert "tolerations" not in pod["spec"] or not pod["spec"]["tolerations"]
     assert c["args"][:3] == ["select", "--run-group", "{{ run_id }}"]
+
+
+def test_kubernetes_mode_refuses_a_store_the_pods_cannot_see(airflow_home, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("DAMNET_EXECUTION", "kubernetes")
+    monkeypatch.setenv("DAMNET_STORE", "/srv/damnet")
+    bag = DagBag(dag_folder=str(DAGS))
+    assert set(bag.import_errors) == {str(DAGS / f"{d}.py") for d in DAG_IDS}
+    assert all("needs DAMNET_STORE=s3://" in e and "'/srv/damnet'" in e for e in bag.import_errors.values())
 
 
 @pytest.mark.parametrize("conf, field", [({"region": "../x"}, "region"), ({"label_budget": 0}, "label_budget"),

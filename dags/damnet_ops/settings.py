@@ -2,7 +2,8 @@
 
 ``DAMNET_EXECUTION``  ``local`` (default: the step commands run on the worker) or
                       ``kubernetes`` (each step is a pod running the project image)
-``DAMNET_STORE``      store root (local folder or s3:// prefix), default runs/store
+``DAMNET_STORE``      store root (local folder or s3:// prefix), default runs/store; must be
+                      s3:// in kubernetes mode (pods and Airflow's sensor/scan share it)
 ``DAMNET_IMAGE``      project image for step pods (CPU steps)
 ``DAMNET_GPU_IMAGE``  project CUDA image for GPU steps
 ``DAMNET_NAMESPACE``  namespace of the step pods
@@ -34,10 +35,16 @@ def load() -> Settings:
     execution = os.environ.get("DAMNET_EXECUTION", "local")
     if execution not in EXECUTION_MODES:
         raise ValueError(f"DAMNET_EXECUTION must be one of {EXECUTION_MODES}, got {execution!r}")
+    store = os.environ.get("DAMNET_STORE", "runs/store")
+    if execution == "kubernetes" and not store.startswith("s3://"):
+        # The step pods and Airflow's own tasks (the labels sensor, the nightly scan) must see
+        # the same store; a folder on the Airflow worker is not one the pods can see.
+        raise ValueError(f"DAMNET_EXECUTION=kubernetes needs DAMNET_STORE=s3://bucket/prefix (the store "
+                         f"the step pods use, with S3 credentials in Airflow's environment too); got {store!r}")
     key, _, value = os.environ.get("DAMNET_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true").partition("=")
     return Settings(
         execution=execution,
-        store=os.environ.get("DAMNET_STORE", "runs/store"),
+        store=store,
         image=os.environ.get("DAMNET_IMAGE", "ghcr.io/damnet-ops/damnet:0.1.0"),
         gpu_image=os.environ.get("DAMNET_GPU_IMAGE", "ghcr.io/damnet-ops/damnet:0.1.0-cuda"),
         namespace=os.environ.get("DAMNET_NAMESPACE", "damnet"),
