@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import platform
 import resource
@@ -136,8 +137,11 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
     log(f"[{label}] source only: F1 {rows[-1].cell('f1')}")
 
     adapted = copy.deepcopy(src_model)
-    extra = "".join(f"-{k}={v}" for k, v in sorted(plan.adapt.items()))
-    cache = work / f"adapted-{label}-{plan.preset}-{plan.adapt_steps}-{plan.lambda_adv:g}{extra}.pt"
+    adapt_cfg = {"lambda_adv": plan.lambda_adv, "adv_ramp": plan.adapt_steps // 4, **plan.adapt}
+    settings = mode_config("adapt", steps=plan.adapt_steps, batch_size=plan.batch, crop=plan.crop,
+                           **adapt_cfg).to_dict()
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    cache = work / f"adapted-{label}-{plan.preset}-{plan.source_steps}-{key}.pt"
     if cache.exists():
         state = torch.load(cache, weights_only=True)
         adapted.load_state_dict(state["model"])
@@ -146,8 +150,7 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
         t = time.time()
         res = _train(adapted, "adapt", plan, plan.adapt_steps,
                      source=_stream(source, plan, "source"),
-                     target=_stream(unlabelled, plan, "target"),
-                     **{"lambda_adv": plan.lambda_adv, "adv_ramp": plan.adapt_steps // 4, **plan.adapt})
+                     target=_stream(unlabelled, plan, "target"), **adapt_cfg)
         adapt_s = time.time() - t
         disc_state = copy.deepcopy(res.discriminator.state_dict())
         torch.save({"model": adapted.state_dict(), "disc": disc_state, "seconds": adapt_s}, cache)
@@ -225,7 +228,6 @@ class _row_cache(dict):
     """
 
     def __init__(self, work: Path, label: str, plan: Plan) -> None:
-        import hashlib
         import inspect
 
         import damnet.select
