@@ -38,7 +38,7 @@ def damnet_nightly():
 
     @task
     def confs(found: dict, key: str) -> list[dict]:
-        return [{"region": r} for r in found[key]]
+        return [found.get("conf", {}).get(r, {"region": r}) for r in found[key]]
 
     @task
     def rescore_args(found: dict, **context) -> list[list[str]]:

@@ -165,7 +165,7 @@ def _write_record(store: Path, region: str, step: str, **fields) -> None:
     path.write_text(json.dumps({"key": "k", "outputs": {}, **fields}))
 
 
-def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(tmp_path, monkeypatch):
+def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(airflow_home, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(DAGS))
     from damnet_ops.scan import scan_store
 
@@ -187,11 +187,25 @@ def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(tmp_path, m
     _write_record(store, "steady", "import-labels", inputs={"labels": {"digest": digest}})
     _write_record(store, "steady", "promote")
 
+    # A region ingested from imagery elsewhere, with its own tile size.
+    elsewhere = tmp_path / "drop" / "harbour"
+    (elsewhere / "pre").mkdir(parents=True)
+    (elsewhere / "pre" / "a.tif").write_bytes(b"harbour")
+    _write_record(store, "harbour", "ingest", params={"tiling": {"size": 512}},
+                  inputs={"imagery": {"uri": str(elsewhere), "digest": tree_digest(str(elsewhere))}})
+    # A region whose imagery is gone is left alone (a run would only fail).
+    _write_record(store, "vanished", "ingest", inputs={"imagery": {"uri": str(tmp_path / "gone"), "digest": "x"}})
+
     found = scan_store(str(store))
-    assert found == {"new_imagery": ["fresh"], "labels_ready": ["labelled"], "rescore": ["steady"]}
-    # New imagery under a region that was ingested before is new again.
+    assert found == {"new_imagery": ["fresh"], "labels_ready": ["labelled"], "rescore": ["steady"],
+                     "conf": {"fresh": {"region": "fresh"}}}
+    # New imagery under a region that was ingested before is new again, and the region is
+    # re-run the way it was ingested.
     (store / "imagery" / "steady" / "pre" / "b.tif").write_bytes(b"more")
-    assert scan_store(str(store))["new_imagery"] == ["fresh", "steady"]
+    (elsewhere / "pre" / "b.tif").write_bytes(b"more")
+    found = scan_store(str(store))
+    assert found["new_imagery"] == ["fresh", "harbour", "steady"]
+    assert found["conf"]["harbour"] == {"region": "harbour", "imagery": str(elsewhere), "tile_size": 512}
 
 
 def test_nightly_dag_starts_a_region_run_for_new_imagery(airflow_home, tmp_path, monkeypatch):

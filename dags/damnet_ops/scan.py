@@ -7,25 +7,46 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def scan_store(store: str, source_regions: tuple[str, ...] = ("source",)) -> dict[str, list[str]]:
+def scan_store(store: str, source_regions: tuple[str, ...] = ("source",)) -> dict:
     """Regions whose imagery changed since their last ingest, whose labels arrived since their
-    last import, and which have a champion to re-score."""
+    last import, and which have a champion to re-score.
+
+    Regions are those with imagery under STORE/imagery/ and those ingested before (from any
+    imagery URI: the ingest record says which). ``conf`` holds the trigger conf of each region
+    with new imagery: its imagery URI and tile size as last ingested, so a re-run tiles the
+    region the way its first run did.
+    """
     import re
 
     from components.step import REGION_PATTERN, Layout, file_digest, read_record, tree_digest
     from damnet import storage
     from damnet_ops.labels import labels_present
 
-    imagery_root = storage.join(store, "imagery").rstrip("/") + "/"
-    names = sorted({key[len(imagery_root):].split("/", 1)[0]
-                    for key in storage.storage_for(imagery_root).list(imagery_root)})
-    regions = [n for n in names if re.fullmatch(REGION_PATTERN, n) and n not in source_regions]
-    out: dict[str, list[str]] = {"new_imagery": [], "labels_ready": [], "rescore": []}
+    def children(prefix: str, suffix: str = "") -> set[str]:
+        prefix = storage.join(store, prefix).rstrip("/") + "/"
+        return {key[len(prefix):].split("/", 1)[0] for key in storage.storage_for(prefix).list(prefix)
+                if not suffix or key.endswith(suffix)}
+
+    names = children("imagery") | children("regions", "/steps/ingest.json")
+    regions = sorted(n for n in names if re.fullmatch(REGION_PATTERN, n) and n not in source_regions)
+    out: dict = {"new_imagery": [], "labels_ready": [], "rescore": [], "conf": {}}
     for name in regions:
         layout = Layout(store, name)
         ingest = read_record(layout, "ingest")
-        if ingest is None or ingest["inputs"]["imagery"]["digest"] != tree_digest(layout.imagery):
+        imagery = (ingest or {}).get("inputs", {}).get("imagery", {}).get("uri") or layout.imagery
+        if not storage.storage_for(imagery).list(imagery.rstrip("/") + "/"):
+            log.warning("region %s: its imagery %s is gone; not re-running it", name, imagery)
+            continue
+        if ingest is None or ingest["inputs"]["imagery"]["digest"] != tree_digest(imagery):
             out["new_imagery"].append(name)
+            conf = {"region": name}
+            if ingest is not None:
+                if imagery.rstrip("/") != layout.imagery.rstrip("/"):
+                    conf["imagery"] = imagery
+                size = ingest.get("params", {}).get("tiling", {}).get("size")
+                if size:
+                    conf["tile_size"] = size
+            out["conf"][name] = conf
             continue
         labels = labels_present(store, name)
         imported = read_record(layout, "import-labels")
