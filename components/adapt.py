@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import argparse
 
-from components.step import Layout, StepError, add_common_arguments, read_record, run_step, step_key, up_to_date
+from components.step import (
+    Layout,
+    StepError,
+    add_common_arguments,
+    output_folder,
+    read_record,
+    run_step,
+    step_key,
+    up_to_date,
+)
 from components.training import (
     add_training_arguments,
     drop_checkpoint,
@@ -78,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
 
     if rank > 0:  # torchrun: the other ranks train alongside rank 0, which writes and logs everything
         if not up_to_date("adapt", args, inputs, params, layout):
-            adapted(layout.step_dir("adapt", step_key("adapt", inputs, params)))
+            adapted(output_folder(layout, "adapt", step_key("adapt", inputs, params)))
         return
     run_step("adapt", args, inputs, params, body, layout)
 

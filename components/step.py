@@ -284,12 +284,26 @@ def mlflow_step_run(layout: Layout, step: str, group: str, tags: dict | None = N
         yield run
 
 
-def _finished(name: str, args: argparse.Namespace, key: str, layout: Layout) -> dict | None:
+def _finished(name: str, args: argparse.Namespace, key: str, layout: Layout,
+              previous: dict | None = None) -> dict | None:
     """The record of a finished run of this step with this key, unless --force."""
-    previous = read_record(layout, name)
+    previous = previous if previous is not None else read_record(layout, name)
     if previous and previous["key"] == key and not getattr(args, "force", False) and _outputs_exist(previous):
         return previous
     return None
+
+
+def output_folder(layout: Layout, name: str, key: str, current: dict | None = None) -> str:
+    """Where a run of step ``name`` with ``key`` writes: ``<step>/<key>/``, except for a forced
+    re-run over committed outputs of the same key, which gets a folder of its own so a
+    failure half-way cannot damage what the record points to. Derived from that record, not
+    random: every DDP rank gets the same folder, and a retry of the forced run resumes its
+    checkpoint."""
+    current = current if current is not None else read_record(layout, name)
+    if current is None or current.get("key") != key:
+        return layout.step_dir(name, key)
+    suffix = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:8]
+    return layout.step_dir(name, f"{key}-{suffix}")
 
 
 def up_to_date(name: str, args: argparse.Namespace, inputs: dict[str, dict], params: dict,
@@ -309,12 +323,13 @@ def run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], param
 
     layout = layout or Layout.from_args(args)
     key = step_key(name, inputs, params)
-    previous = _finished(name, args, key, layout)
+    current = read_record(layout, name)
+    previous = _finished(name, args, key, layout, current)
     if previous is not None:
         print(f"[{layout.region}] {name}: up to date (key {key}), nothing to do", flush=True)
         return previous
 
-    run = StepRun(name, layout, key, layout.step_dir(name, key))
+    run = StepRun(name, layout, key, output_folder(layout, name, key, current))
     started = time.time()
     print(f"[{layout.region}] {name}: running (key {key}) ...", flush=True)
     with mlflow_step_run(layout, name, args.run_group, {"damnet.key": key}) as mlrun:

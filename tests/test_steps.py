@@ -83,11 +83,22 @@ def test_a_failed_step_leaves_the_previous_outputs_untouched(store, monkeypatch,
     def broken(*a, **k):
         raise OSError("disk full")
 
+    def folder_state():
+        return {p.relative_to(model.parent): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in model.parent.rglob("*") if p.is_file()}
+
+    before = folder_state()
     monkeypatch.setattr(damnet.registry, "save_model", broken)
     with pytest.raises(OSError, match="disk full"):
         main(["train", "--store", str(store), "--steps", "3", "--batch-size", "2", "--crop", "64"])
     assert record(store, "source", "train") == good
     assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+    # A forced re-run of the very same inputs (same key) that fails half-way does not write
+    # into the folder the record points to either.
+    with pytest.raises(OSError, match="disk full"):
+        main(["train", "--store", str(store), *TRAIN, "--force"])
+    assert record(store, "source", "train") == good
+    assert folder_state() == before
 
 
 def test_a_step_before_its_inputs_exist_is_one_clear_error(store, capsys):
