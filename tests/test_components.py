@@ -198,3 +198,20 @@ def test_steps_refuse_upstream_records_of_an_earlier_ingest(region, capsys):
     # After re-running adapt on the new tiles, selection goes on.
     assert main(["adapt", *r, "--steps", "2", *TINY]) == 0
     assert main(["select", *r, "--budget", "1", "--audit", "1", "--max-label-share", "0.5"]) == 0
+
+
+def test_pretraining_continues_from_the_source_model_and_adapt_starts_from_it(region):
+    import torch
+
+    store = region["store"]
+    r = ["--store", str(store), "--region", "hilltown"]
+    write_region(str(store / "imagery" / "hilltown"), "target_sensor", n_scenes=1, size=256, seed=4)
+    assert main(["ingest", *r, "--tile-size", "64"]) == 0
+    assert main(["pretrain", *r, "--steps", "2", *TINY]) == 0
+    pre = json.loads((store / "regions/hilltown/steps/pretrain.json").read_text())
+    assert pre["inputs"]["source_model"]["uri"].startswith("models:/damnet-source/")
+    encoder = torch.load(pre["outputs"]["encoder"], weights_only=True)
+    assert all(k.startswith("encoder.") for k in encoder)
+    assert main(["adapt", *r, "--steps", "2", "--use-pretrain", "yes", *TINY]) == 0
+    adapt = json.loads((store / "regions/hilltown/steps/adapt.json").read_text())
+    assert adapt["inputs"]["pretrain"]["digest"] == pre["key"]
