@@ -52,6 +52,19 @@ def gate_inputs(metrics: dict) -> tuple[dict, dict | None, float | None]:
     return flat("candidate") or {}, flat("champion"), reference
 
 
+def _registered_already(client, name: str, tags: dict[str, str]) -> str | None:
+    """The version of ``name`` registered for this candidate and evaluation (``tags``) by a run
+    that failed before recording a decision, if any (a decided version stays as it is)."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except Exception:  # noqa: BLE001 - no such registered model yet
+        return None
+    for mv in versions:
+        if all(mv.tags.get(k) == v for k, v in tags.items()) and "damnet.decision" not in mv.tags:
+            return str(mv.version)
+    return None
+
+
 def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     evaluation = upstream(layout, "evaluate")
@@ -73,11 +86,15 @@ def run(args: argparse.Namespace) -> None:
                                  max_source_drop=args.max_source_drop, required=required)
         decision.reasons.append(champion_note)
         name = registry.registered_name(layout.region)
-        info = registry.log_model(finetune["outputs"]["model"], name,
-                                  tags={"damnet.region": layout.region, "damnet.evaluate_key": evaluation["key"]})
-        client_tags = {"damnet.finetune_key": finetune["key"], "damnet.evaluate_key": evaluation["key"]}
-        version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
+        client_tags = {"damnet.finetune_key": finetune["key"], "damnet.evaluate_key": evaluation["key"]}
+        # A retry after a failure past this point (before the record was written) finds the
+        # version it registered already instead of registering the same candidate twice.
+        version = _registered_already(client, name, client_tags)
+        if version is None:
+            info = registry.log_model(finetune["outputs"]["model"], name,
+                                      tags={"damnet.region": layout.region, "damnet.evaluate_key": evaluation["key"]})
+            version = str(info.registered_model_version)
         for k, v in client_tags.items():
             client.set_model_version_tag(name, version, k, v)
         for k, v in candidate.items():

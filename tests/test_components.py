@@ -117,6 +117,19 @@ def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
     assert Path(ev["outputs"]["pr_curves"]).stat().st_size > 1000
 
     client = mlflow.MlflowClient()
+    # A promotion that dies after registering, before its decision: the retry finds that
+    # version instead of registering the candidate twice.
+    import damnet.registry
+
+    with pytest.MonkeyPatch.context() as mp:
+        def crash(*args, **kwargs):
+            raise ConnectionError("tracking server went away")
+
+        mp.setattr(damnet.registry, "record_decision", crash)
+        with pytest.raises(ConnectionError):
+            main(["promote", *a, "--margin", "2"])
+    assert [str(v.version) for v in client.search_model_versions("name='damnet-newtown'")] == ["1"]
+    assert not (region["store"] / "regions/newtown/steps/promote.json").exists()
     # A gate no model can pass: refused, recorded, champion untouched.
     assert main(["promote", *a, "--margin", "2"]) == 3
     err = capsys.readouterr().err
