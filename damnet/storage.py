@@ -194,14 +194,19 @@ class S3Storage(Storage):
         return True
 
     def list(self, prefix: str) -> list[str]:
+        return sorted(self.listing(prefix))
+
+    def listing(self, prefix: str) -> dict[str, str]:
+        """URI -> ``"<ETag> <size>"`` of every object under ``prefix``, from the listing alone:
+        a fingerprint of the content that needs no download."""
         bucket, key = split_s3(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
-        out = []
+        out = {}
         for page in paginator.paginate(Bucket=bucket, Prefix=key):
             for obj in page.get("Contents", []):
                 if not obj["Key"].startswith(S3_TMP_PREFIX):
-                    out.append(f"s3://{bucket}/{obj['Key']}")
-        return sorted(out)
+                    out[f"s3://{bucket}/{obj['Key']}"] = f"{obj['ETag'].strip(chr(34))} {obj['Size']}"
+        return out
 
     def delete(self, uri: str) -> None:
         bucket, key = split_s3(uri)

@@ -107,3 +107,26 @@ def test_file_uri_and_plain_path_are_the_same(tmp_path):
     store = storage.LocalStorage()
     store.put_text(f"file://{tmp_path}/a/b.txt", "x")
     assert store.get_text(str(tmp_path / "a" / "b.txt")) == "x"
+
+
+def test_tree_digest_of_an_s3_prefix_comes_from_the_listing_and_follows_the_content(s3_bucket, monkeypatch):
+    from components.step import tree_digest
+
+    prefix = f"s3://{s3_bucket}/imagery/newtown"
+    s3 = storage.storage_for(prefix)
+    s3.put_bytes(f"{prefix}/pre/a.tif", b"first")
+    s3.put_bytes(f"{prefix}/post/a.tif", b"second")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tree_digest downloaded an object")
+
+    monkeypatch.setattr(s3.client, "download_file", no_download)
+    monkeypatch.setattr(s3.client, "get_object", no_download)
+    monkeypatch.setattr(storage.S3Storage, "reading", no_download)
+    first = tree_digest(prefix)
+    assert tree_digest(prefix + "/") == first
+    s3.put_bytes(f"{prefix}/post/a.tif", b"SECOND")  # same size, other content
+    changed = tree_digest(prefix)
+    assert changed != first
+    s3.put_bytes(f"{prefix}/post/b.tif", b"x")  # one more file
+    assert tree_digest(prefix) not in (first, changed)
