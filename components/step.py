@@ -152,23 +152,15 @@ def read_json(uri: str):
 
 def file_digest(uri: str) -> str:
     """sha256 of a file's content (local or s3://)."""
-    h = hashlib.sha256()
-    with storage.local_copy(uri) as path, open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return storage.storage_for(uri).digest(uri)
 
 
 def tree_digest(uri: str) -> str:
-    """sha256 over every file under a folder or prefix: relative names and content hashes
-    (on S3 the listing's ETag and size stand for the content, so nothing is downloaded)."""
+    """sha256 over every file under a folder or prefix: relative names and content
+    fingerprints (on S3 the listing's ETag and size, so nothing is downloaded)."""
     h = hashlib.sha256()
     prefix = uri.rstrip("/") + "/"
-    store = storage.storage_for(uri)
-    if isinstance(store, storage.S3Storage):
-        entries = store.listing(prefix)
-    else:
-        entries = {key: file_digest(key) for key in store.list(prefix)}
+    entries = storage.storage_for(uri).listing(prefix)
     for key in sorted(entries):
         h.update(f"{key[len(prefix):]}={entries[key]}\n".encode())
     return h.hexdigest()

@@ -14,6 +14,7 @@ S3 works against any S3 API (AWS, MinIO, a local moto server): the endpoint come
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -81,6 +82,19 @@ class Storage:
     def list(self, prefix: str) -> list[str]:
         """All objects under ``prefix`` (recursive), as full URIs, sorted."""
         raise NotImplementedError
+
+    def digest(self, uri: str) -> str:
+        """sha256 of the content of ``uri``."""
+        h = hashlib.sha256()
+        with self.reading(uri) as path, open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def listing(self, prefix: str) -> dict[str, str]:
+        """URI -> a fingerprint of the content of every object under ``prefix`` (here: its
+        sha256; stores that know one without reading the content override this)."""
+        return {uri: self.digest(uri) for uri in self.list(prefix)}
 
     def delete(self, uri: str) -> None:
         raise NotImplementedError
