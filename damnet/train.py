@@ -420,21 +420,20 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
     if (lam > 0 or cfg.entropy_weight > 0 or cfg.prior_weight > 0 or teacher is not None
             or (disc is not None and step >= cfg.adv_start)):
         parts.append(("target", target.batch(step, rank, world)))
+    names = [name for name, _ in parts]
     batches = [b.to(device) for _, b in parts]
-    pre, post = [], []
-    for name, b in zip([n for n, _ in parts], batches, strict=True):
-        if name == "target" and teacher is not None:
-            strength = max(1.0, cfg.photometric)
-        else:
-            strength = cfg.photometric if name in ("source", "micro") else 0.0
-        pre.append(photometric_jitter(b.pre, strength) if strength > 0 else b.pre)
-        post.append(photometric_jitter(b.post, strength) if strength > 0 else b.post)
-    if any(p.dtype != pre[0].dtype for p in pre):
-        pre = [p.float() / 255 if p.dtype == torch.uint8 else p for p in pre]
-        post = [p.float() / 255 if p.dtype == torch.uint8 else p for p in post]
-    logits = g(torch.cat(pre), torch.cat(post))
-    maps = dict(zip([name for name, _ in parts],
-                    logits.split([b.pre.shape[0] for b in batches]), strict=True))
+    by_name = dict(zip(names, batches, strict=True))
+    # Jitter strength per part: labelled batches get cfg.photometric; the self-training student
+    # sees at least strength 1 on target (its teacher sees the clean images).
+    strengths = [max(1.0, cfg.photometric) if n == "target" and teacher is not None
+                 else cfg.photometric if n in ("source", "micro") else 0.0 for n in names]
+    if any(s > 0 for s in strengths):  # strength 0 is the plain uint8 -> 0..1 conversion
+        pre = torch.cat([photometric_jitter(b.pre, s) for b, s in zip(batches, strengths, strict=True)])
+        post = torch.cat([photometric_jitter(b.post, s) for b, s in zip(batches, strengths, strict=True)])
+    else:
+        pre, post = torch.cat([b.pre for b in batches]), torch.cat([b.post for b in batches])
+    logits = g(pre, post)
+    maps = dict(zip(names, logits.split([b.pre.shape[0] for b in batches]), strict=True))
     terms = {}
     for (name, _), b in zip(parts, batches, strict=True):
         if name in ("source", "micro"):
@@ -445,7 +444,6 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
         info = discriminator_input(maps["target"], "self_info").sum(1)
         terms["entropy"] = cfg.entropy_weight * (info * batches[-1].valid).sum() / \
             batches[-1].valid.sum().clamp_min(1)
-    by_name = dict(zip([n for n, _ in parts], batches, strict=True))
     if cfg.prior_weight > 0:
         terms["prior"] = cfg.prior_weight * _change_prior(maps["target"], by_name["target"].valid,
                                                           by_name.get("source") or by_name.get("micro"))
