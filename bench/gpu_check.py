@@ -32,10 +32,8 @@ from damnet.synthetic import write_region  # noqa: E402
 from damnet.tiling import TilingConfig, ingest  # noqa: E402
 from damnet.train import CHECKPOINT, fit, load_checkpoint, mode_config  # noqa: E402
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import _sync  # noqa: E402
 
 
 def make_tiles(root: str) -> None:

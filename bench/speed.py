@@ -4,8 +4,8 @@
     .venv/bin/python bench/speed.py --device cuda --presets base --adapt-steps 300
 
 Timings are medians of --repeats runs after a warm-up. On CUDA, the adaptation run is the
-real engine (``damnet.train.fit``, adversarial mode, bf16 autocast) on synthetic tiles, and
-peak GPU memory is reported.
+real engine (``damnet.train.fit``, adversarial mode, bf16 autocast) on synthetic tiles
+(``bench/gpu_check.py``'s run), and peak GPU memory is reported.
 """
 
 from __future__ import annotations
@@ -103,31 +103,6 @@ class _null:
         return False
 
 
-def engine_run(device: torch.device, preset: str, steps: int, batch: int, crop: int) -> dict:
-    """The real engine on CUDA: adversarial adaptation of ``preset`` for ``steps`` steps."""
-    from damnet.data import Stream, TileSet
-    from damnet.synthetic import write_region
-    from damnet.tiling import TilingConfig, ingest
-    from damnet.train import fit, mode_config
-
-    with tempfile.TemporaryDirectory() as d:
-        for name, style in (("src", "source"), ("tgt", "target_season")):
-            write_region(f"{d}/raw/{name}", style, n_scenes=4, size=512, seed=1)
-            ingest(f"{d}/raw/{name}", f"{d}/{name}", TilingConfig(size=256, require_labels=True))
-        torch.manual_seed(0)
-        model = ChangeNet(PRESETS[preset])
-        cfg = mode_config("adapt", steps=steps, batch_size=batch, crop=crop, device=str(device),
-                          log_every=max(1, steps // 10))
-        torch.cuda.reset_peak_memory_stats()
-        t = time.time()
-        fit(model, cfg, source=Stream(TileSet(f"{d}/src"), batch, crop, name="s"),
-            target=Stream(TileSet(f"{d}/tgt", labels=None), batch, crop, name="t"), progress=False)
-        seconds = time.time() - t
-        return {"steps": steps, "seconds": seconds, "step_s": seconds / steps,
-                "peak_gpu_GiB": torch.cuda.max_memory_allocated() / 2**30,
-                "gpu": torch.cuda.get_device_name()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -148,8 +123,12 @@ def main() -> None:
               f"{r['adapt_step_s']:.3f} ({r['batch']}x2, {r['size']}) |", flush=True)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.adapt_steps and device.type == "cuda":
-        for name in args.presets.split(","):
-            print(name, engine_run(device, name, args.adapt_steps, 16, 256))
+        from gpu_check import engine, make_tiles  # the real engine on synthetic tiles
+
+        with tempfile.TemporaryDirectory() as d:
+            make_tiles(d)
+            for name in args.presets.split(","):
+                print(name, engine(d, device, name, args.adapt_steps, 16, 256, amp=True))
 
 
 if __name__ == "__main__":
