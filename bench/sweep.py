@@ -38,9 +38,10 @@ def prepare(work: Path, styles: list[str], plan) -> None:
     from damnet.data import TileSet
 
     jobs = [(str(work), "source", "source", plan.source_scenes, 0, plan)]
-    for i, style in enumerate(styles):
-        jobs += [(str(work), f"{style}-pool", style, plan.target_scenes, 10 + i, plan),
-                 (str(work), f"{style}-test", style, plan.test_scenes, 90 + i, plan)]
+    for style in styles:
+        pool_seed, test_seed = ablation.region_seeds(style)
+        jobs += [(str(work), f"{style}-pool", style, plan.target_scenes, pool_seed, plan),
+                 (str(work), f"{style}-test", style, plan.test_scenes, test_seed, plan)]
     with ProcessPoolExecutor(len(jobs)) as pool:
         list(pool.map(_make_region, jobs))
     ablation._source_model(work, plan, TileSet(str(work / "regions" / "source")))
@@ -49,7 +50,7 @@ def prepare(work: Path, styles: list[str], plan) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="runs/sweep")
-    ap.add_argument("--styles", default="target_season,target_sensor,target_resolution")
+    ap.add_argument("--styles", default=",".join(ablation.POOL_SEEDS))
     ap.add_argument("--variant", action="append", required=True, metavar="NAME:ARGS")
     ap.add_argument("--deadline", type=float, default=3600, help="seconds from the start")
     ap.add_argument("--log", default=None)
