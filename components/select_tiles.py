@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> None:
                            label_share=(len(sel.train) + len(sel.audit)) / len(tiles))
         run.artifact(run.path("selection.json"))
         run.artifact(run.path("selection.png"))
-        print(f"  {len(sel.train)} of {len(tiles)} tile(s) to label for fine-tuning ({len(sel.train) / len(tiles):.2%}"
-              f" of the region), plus {len(sel.audit)} audit tile(s) for evaluation only")
+        print(f"  {len(sel.train)} of {len(tiles)} tile(s) to label for fine-tuning "
+              f"({run.metrics['train_label_share']:.2%} of the region), plus {len(sel.audit)} audit tile(s) "
+              "for evaluation only")
 
     run_step("select", args, inputs, params, body, layout)
 
