@@ -245,3 +245,14 @@ def test_the_labels_trigger_fires_when_labels_arrive(tmp_path, monkeypatch):
 
     event = asyncio.run(scenario())
     assert event.payload == {"labels": str(tmp_path / "labels" / "newtown" / "export.json")}
+
+
+def test_the_dags_accept_exactly_the_region_names_the_steps_accept(monkeypatch):
+    # Two copies on purpose (the DAG files import nothing of the package at parse time);
+    # a region the trigger form lets through must not be refused by the first step.
+    monkeypatch.syspath_prepend(str(DAGS))
+    from damnet_ops.settings import REGION_PATTERN as DAG_PATTERN
+
+    from components.step import REGION_PATTERN as STEP_PATTERN
+
+    assert DAG_PATTERN == STEP_PATTERN
