@@ -165,7 +165,9 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
                      source=_stream(source, plan, "source"),
                      target=_stream(unlabelled, plan, "target"), **adapt_cfg)
         adapt_s = time.time() - t
-        disc_state = copy.deepcopy(res.discriminator.state_dict())
+        # no adversarial term (lambda_adv 0): MLFT starts a fresh discriminator
+        disc = res.discriminator or SegDiscriminator(2, adapted.config.disc_channels)
+        disc_state = copy.deepcopy(disc.state_dict())
         torch.save({"model": adapted.state_dict(), "disc": disc_state, "seconds": adapt_s}, cache)
     rows.append(Row("adversarial adaptation", "0", [measure(adapted)], [adapt_s]))
     log(f"[{label}] adaptation: F1 {rows[-1].cell('f1')} ({adapt_s:.0f} s)")

@@ -82,6 +82,10 @@ class TrainConfig:
     # Photometric jitter (gain, offset, gamma, noise; each date on its own): applied to labelled
     # batches with this strength (0: off) and, with at least 1, to the student's pseudo-label input.
     photometric: float = 0.0
+    # Pixel-level alignment: with this probability a labelled source pair takes, date by date, the
+    # per-band histograms of a target pair of the same step (its pre of their pre, its post of
+    # their post), so the labelled loss also sees target radiometry and season (0: off).
+    restyle: float = 0.0
     # Bookkeeping
     checkpoint_every: int = 50
     log_every: int = 10
@@ -363,13 +367,17 @@ def _ema_update(teacher: nn.Module, model: nn.Module, decay: float) -> None:
         t.copy_(m)
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
 def photometric_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     """Random per-image gain, offset, gamma and noise on (B, 3, H, W) images -> float 0..1.
 
     Each image (each date) draws its own: a seasonal or radiometric shift between the dates is
     what the model must learn to ignore. Draws come from the CPU generator (seeded, resumable).
     """
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    x = _unit(x)
     if strength <= 0:
         return x
     b = x.shape[0]
@@ -382,6 +390,35 @@ def photometric_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     x = x * gain.view(b, 3, 1, 1) + offset.view(b, 3, 1, 1)
     x = x + noise.view(b, 1, 1, 1) * torch.randn(x.shape).to(x.device)
     return x.clamp(0, 1)
+
+
+def match_histograms(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Each band of each image of ``x`` (B, C, H, W) remapped to the histogram of the same band of
+    ``ref`` (B, C, H', W'): a pixel of rank r among its band's n pixels takes the value of rank
+    r (n'-1)/(n-1) in the reference. Floats in, floats out; monotone per band."""
+    b, c = x.shape[:2]
+    xf, rf = x.reshape(b, c, -1).float(), ref.reshape(b, c, -1).float()
+    n, m = xf.shape[-1], rf.shape[-1]
+    ranks = torch.empty_like(xf, dtype=torch.long)
+    order = xf.argsort(dim=-1, stable=True)
+    ranks.scatter_(-1, order, torch.arange(n, device=x.device).expand_as(order))
+    idx = (ranks.float() * ((m - 1) / max(n - 1, 1))).round().long()
+    return rf.sort(-1).values.gather(-1, idx).reshape(x.shape)
+
+
+def restyle_pairs(pre: torch.Tensor, post: torch.Tensor, ref_pre: torch.Tensor,
+                  ref_post: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """With probability ``p`` per pair, give pair j the per-band histograms of reference pair
+    j mod len(ref), date by date (floats 0..1 in and out). Draws come from the CPU generator."""
+    take = (torch.rand(pre.shape[0]) < p).to(pre.device)
+    if not take.any():
+        return pre, post
+    j = torch.arange(pre.shape[0], device=pre.device) % ref_pre.shape[0]
+    w = take.view(-1, 1, 1, 1).to(pre.dtype)
+    out = []
+    for x, ref in ((pre, ref_pre), (post, ref_post)):
+        out.append(w * match_histograms(x, ref.float()[j].to(x.dtype)) + (1 - w) * x)
+    return out[0], out[1]
 
 
 def _pseudo_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor,
@@ -418,7 +455,7 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
     if cfg.micro_weight > 0:
         parts.append(("micro", micro.batch(step, rank, world)))
     if (lam > 0 or cfg.entropy_weight > 0 or cfg.prior_weight > 0 or teacher is not None
-            or (disc is not None and step >= cfg.adv_start)):
+            or cfg.restyle > 0 or (disc is not None and step >= cfg.adv_start)):
         parts.append(("target", target.batch(step, rank, world)))
     names = [name for name, _ in parts]
     batches = [b.to(device) for _, b in parts]
@@ -427,9 +464,18 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
     # sees at least strength 1 on target (its teacher sees the clean images).
     strengths = [max(1.0, cfg.photometric) if n == "target" and teacher is not None
                  else cfg.photometric if n in ("source", "micro") else 0.0 for n in names]
-    if any(s > 0 for s in strengths):  # strength 0 is the plain uint8 -> 0..1 conversion
-        pre = torch.cat([photometric_jitter(b.pre, s) for b, s in zip(batches, strengths, strict=True)])
-        post = torch.cat([photometric_jitter(b.post, s) for b, s in zip(batches, strengths, strict=True)])
+    restyle = cfg.restyle > 0 and "source" in by_name and "target" in by_name
+    if restyle or any(s > 0 for s in strengths):  # strength 0 is the plain uint8 -> 0..1 conversion
+        pres, posts = [], []
+        for name, b, s in zip(names, batches, strengths, strict=True):
+            pre, post = b.pre, b.post
+            if restyle and name == "source":
+                ref = by_name["target"]
+                pre, post = restyle_pairs(_unit(pre), _unit(post), _unit(ref.pre), _unit(ref.post),
+                                          cfg.restyle)
+            pres.append(photometric_jitter(pre, s))
+            posts.append(photometric_jitter(post, s))
+        pre, post = torch.cat(pres), torch.cat(posts)
     else:
         pre, post = torch.cat([b.pre for b in batches]), torch.cat([b.post for b in batches])
     logits = g(pre, post)
@@ -463,7 +509,7 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
 def _check_streams(cfg, source, target, micro, unlabelled) -> None:
     needs = {"source": cfg.source_weight > 0 and cfg.mae_weight == 0,
              "target": cfg.lambda_adv > 0 or cfg.entropy_weight > 0 or cfg.prior_weight > 0
-             or cfg.pseudo_weight > 0, "micro": cfg.micro_weight > 0,
+             or cfg.pseudo_weight > 0 or cfg.restyle > 0, "micro": cfg.micro_weight > 0,
              "unlabelled": cfg.mae_weight > 0}
     given = {"source": source, "target": target, "micro": micro, "unlabelled": unlabelled}
     missing = [k for k, need in needs.items() if need and given[k] is None]
