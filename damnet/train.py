@@ -413,11 +413,13 @@ def restyle_pairs(pre: torch.Tensor, post: torch.Tensor, ref_pre: torch.Tensor,
     take = (torch.rand(pre.shape[0]) < p).to(pre.device)
     if not take.any():
         return pre, post
-    j = torch.arange(pre.shape[0], device=pre.device) % ref_pre.shape[0]
-    w = take.view(-1, 1, 1, 1).to(pre.dtype)
+    rows = take.nonzero().squeeze(1)  # only the pairs that are restyled get matched
+    j = rows % ref_pre.shape[0]
     out = []
     for x, ref in ((pre, ref_pre), (post, ref_post)):
-        out.append(w * match_histograms(x, ref.float()[j].to(x.dtype)) + (1 - w) * x)
+        x = x.clone()
+        x[rows] = match_histograms(x[rows], ref[j]).to(x.dtype)
+        out.append(x)
     return out[0], out[1]
 
 
