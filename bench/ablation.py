@@ -364,7 +364,12 @@ def _overrides(items: list[str]) -> dict:
         key, _, value = item.partition("=")
         if key not in types:
             raise SystemExit(f"unknown TrainConfig field {key!r}; known: {', '.join(types)}")
-        out[key] = types[key](value)
+        if types[key] is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"{key}: expected true or false, got {value!r}")
+            out[key] = value.lower() in ("true", "1")
+        else:
+            out[key] = types[key](value)
     return out
 
 

@@ -35,6 +35,9 @@ def add_training_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         g.add_argument("--restyle", type=float, default=base.restyle,
                        help="probability that a source pair takes a target pair's band histograms, "
                        "date by date (pixel-level alignment; 0: off)")
+        g.add_argument("--match-gsd", action=argparse.BooleanOptionalAction, default=base.match_gsd,
+                       help="resample source batches to the target's ground sample distance "
+                       "(from the tiles' geotransforms)")
     if mode == "supervised":
         g.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
 
@@ -49,7 +52,7 @@ def train_config(args: argparse.Namespace, mode: str) -> TrainConfig:
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
                  "seed": args.seed, "device": args.device,
                  "checkpoint_every": max(10, args.steps // 5)}
-    for name in ("lambda_adv", "photometric", "prior_weight", "pseudo_weight", "restyle"):
+    for name in ("lambda_adv", "photometric", "prior_weight", "pseudo_weight", "restyle", "match_gsd"):
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
     cfg = mode_config(mode, **overrides)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from damnet.errors import UnknownTiles
 from damnet.tiling import load_manifest, read_label, read_tile
@@ -117,18 +118,57 @@ def _seed(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
+def ground_sample_distance(tiles: TileSet) -> float | None:
+    """Median pixel size of the tiles in their CRS units (metres for the projected CRSs we ingest);
+    None when the manifest holds no transforms or the CRS is geographic (degrees)."""
+    sizes = [abs(t["transform"][0]) for t in tiles.tiles
+             if t.get("transform") and not _geographic(t.get("crs"))]
+    return float(np.median(sizes)) if sizes else None
+
+
+def _geographic(crs: str | None) -> bool:
+    if not crs:
+        return False
+    from rasterio.crs import CRS
+
+    try:
+        return bool(CRS.from_user_input(crs).is_geographic)
+    except Exception:  # noqa: BLE001 - an unreadable CRS string: treat as unknown units
+        return True
+
+
+def gsd_ratio(tiles: TileSet, reference: TileSet) -> float:
+    """How many of ``tiles``' pixels span one pixel of ``reference`` (e.g. 0.5 m source, 1.2 m
+    target: 2.4); 1.0 where either ground sample distance is unknown."""
+    mine, ref = ground_sample_distance(tiles), ground_sample_distance(reference)
+    return ref / mine if mine and ref else 1.0
+
+
 class Stream:
     """Reproducible augmented batches from a TileSet: ``stream.batch(step)``.
 
     Random crops of ``crop`` pixels (None: whole tiles), flips and 90-degree rotations.
+    ``scale`` > 1 zooms out: each crop covers ``crop * scale`` tile pixels (at most the whole
+    tile), area-averaged down to ``crop`` pixels (labels: change where at least half the area is
+    change; valid only where all of it is); < 1 zooms in (bilinear images, nearest labels).
+    Used to train on the ground sample distance of another region (:func:`gsd_ratio`).
     """
 
     def __init__(self, tiles: TileSet, batch_size: int, crop: int | None = None,
-                 seed: int = 0, name: str = "stream", augment: bool = True) -> None:
+                 seed: int = 0, name: str = "stream", augment: bool = True,
+                 scale: float = 1.0) -> None:
         if len(tiles) == 0:
             raise ValueError(f"stream {name!r} has no tiles")
+        if scale <= 0 or (scale != 1 and crop is None):
+            raise ValueError(f"stream {name!r}: scale must be > 0 and needs a crop size "
+                             f"(scale {scale}, crop {crop})")
         self.tiles, self.batch_size, self.crop = tiles, batch_size, crop
-        self.seed, self.name, self.augment = seed, name, augment
+        self.seed, self.name, self.augment, self.scale = seed, name, augment, scale
+
+    def rescaled(self, scale: float) -> Stream:
+        """The same stream (same draws) at another zoom."""
+        return Stream(self.tiles, self.batch_size, self.crop, self.seed, self.name, self.augment,
+                      scale)
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
         g = torch.Generator().manual_seed(_seed(self.seed, self.name, step))
@@ -136,7 +176,8 @@ class Stream:
         idx = torch.randint(len(self.tiles), (n,), generator=g)
         size = self.tiles.load(int(idx[0]))[0].shape[-1]
         crop = self.crop or size
-        offs = torch.randint(size - crop + 1, (n, 2), generator=g)
+        window = crop if self.scale == 1 else max(1, min(size, round(crop * self.scale)))
+        offs = torch.randint(size - window + 1, (n, 2), generator=g)
         flips = torch.randint(2, (n, 2), generator=g)
         rots = torch.randint(4, (n,), generator=g)
         mine = range(rank * self.batch_size, (rank + 1) * self.batch_size)
@@ -148,7 +189,9 @@ class Stream:
                 t = getattr(b, key)
                 if t is None:
                     continue
-                t = t[j][..., r : r + crop, c : c + crop]
+                t = t[j][..., r : r + window, c : c + window]
+                if window != crop:
+                    t = _resize(t, crop, key)
                 if self.augment:
                     if flips[i, 0]:
                         t = t.flip(-1)
@@ -159,6 +202,23 @@ class Stream:
         stack = lambda k: torch.stack(outs[k]) if outs[k] else None  # noqa: E731
         return Batch(stack("pre"), stack("post"), stack("label"), stack("valid"),
                      b.index)
+
+
+def _resize(t: torch.Tensor, size: int, key: str) -> torch.Tensor:
+    """One crop (C, h, w) image or (h, w) label/valid mask resized to ``size`` x ``size``."""
+    down = t.shape[-1] > size
+    x = t.float()[None] if t.dim() == 3 else t.float()[None, None]
+    if key in ("pre", "post"):
+        y = F.interpolate(x, size=(size, size), mode="area" if down else "bilinear",
+                          align_corners=None if down else False)
+        y = y.round().clamp(0, torch.iinfo(t.dtype).max) if not t.dtype.is_floating_point else y
+        return y[0].to(t.dtype)
+    if not down:
+        return F.interpolate(x, size=(size, size), mode="nearest")[0, 0].to(t.dtype)
+    y = F.interpolate(x, size=(size, size), mode="area")[0, 0]
+    if key == "valid":
+        return (y >= 1 - 1e-6).to(t.dtype)
+    return (y >= 0.5).to(t.dtype)  # label: change where at least half the area is change
 
 
 def split_ids(tile_ids: Sequence[str], holdout: float, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -35,9 +35,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from damnet import storage
-from damnet.data import Batch, Stream
+from damnet.data import Batch, Stream, gsd_ratio
 from damnet.errors import DamnetError
 from damnet.models import DISC_INPUTS, MAE, ChangeNet, SegDiscriminator, discriminator_input
+from damnet.models.changenet import to_unit
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class TrainConfig:
     # per-band histograms of a target pair of the same step (its pre of their pre, its post of
     # their post), so the labelled loss also sees target radiometry and season (0: off).
     restyle: float = 0.0
+    # Geometric alignment: labelled source batches are resampled to the ground sample distance of
+    # the target (or micro) tiles, read from their manifests (0.5 m source, 1.2 m target: each
+    # 128 px crop spans 2.4 x 128 source pixels, area-averaged; capped by the tile size).
+    match_gsd: bool = False
     # Bookkeeping
     checkpoint_every: int = 50
     log_every: int = 10
@@ -210,6 +215,12 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
     from tqdm.auto import tqdm
 
     _check_streams(cfg, source, target, micro, unlabelled)
+    reference = target if target is not None else micro
+    if cfg.match_gsd and source is not None and reference is not None:
+        ratio = gsd_ratio(source.tiles, reference.tiles)
+        if ratio != 1:
+            log.info("source batches resampled to the target ground sample distance (x%.2f)", ratio)
+            source = source.rescaled(ratio)
     device = resolve_device(cfg.device)
     rank, world = _rank_world()
     amp = cfg.amp and device.type == "cuda"
@@ -367,17 +378,13 @@ def _ema_update(teacher: nn.Module, model: nn.Module, decay: float) -> None:
         t.copy_(m)
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
-
-
 def photometric_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     """Random per-image gain, offset, gamma and noise on (B, 3, H, W) images -> float 0..1.
 
     Each image (each date) draws its own: a seasonal or radiometric shift between the dates is
     what the model must learn to ignore. Draws come from the CPU generator (seeded, resumable).
     """
-    x = _unit(x)
+    x = to_unit(x)
     if strength <= 0:
         return x
     b = x.shape[0]
@@ -456,8 +463,7 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
         parts.append(("source", source.batch(step, rank, world)))
     if cfg.micro_weight > 0:
         parts.append(("micro", micro.batch(step, rank, world)))
-    if (lam > 0 or cfg.entropy_weight > 0 or cfg.prior_weight > 0 or teacher is not None
-            or cfg.restyle > 0 or (disc is not None and step >= cfg.adv_start)):
+    if _needs_target(cfg, step):
         parts.append(("target", target.batch(step, rank, world)))
     names = [name for name, _ in parts]
     batches = [b.to(device) for _, b in parts]
@@ -473,7 +479,7 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
             pre, post = b.pre, b.post
             if restyle and name == "source":
                 ref = by_name["target"]
-                pre, post = restyle_pairs(_unit(pre), _unit(post), _unit(ref.pre), _unit(ref.post),
+                pre, post = restyle_pairs(to_unit(pre), to_unit(post), to_unit(ref.pre), to_unit(ref.post),
                                           cfg.restyle)
             pres.append(photometric_jitter(pre, s))
             posts.append(photometric_jitter(post, s))
@@ -508,10 +514,17 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
     return terms, maps
 
 
+def _needs_target(cfg: TrainConfig, step: int | None = None) -> bool:
+    """Whether any term of this training (at ``step``; None: at some step) reads unlabelled
+    target batches. The adversarial terms start at ``adv_start``."""
+    adversarial = cfg.lambda_adv > 0 and (step is None or step >= cfg.adv_start)
+    return (adversarial or cfg.entropy_weight > 0 or cfg.prior_weight > 0
+            or cfg.pseudo_weight > 0 or cfg.restyle > 0)
+
+
 def _check_streams(cfg, source, target, micro, unlabelled) -> None:
     needs = {"source": cfg.source_weight > 0 and cfg.mae_weight == 0,
-             "target": cfg.lambda_adv > 0 or cfg.entropy_weight > 0 or cfg.prior_weight > 0
-             or cfg.pseudo_weight > 0 or cfg.restyle > 0, "micro": cfg.micro_weight > 0,
+             "target": _needs_target(cfg), "micro": cfg.micro_weight > 0,
              "unlabelled": cfg.mae_weight > 0}
     given = {"source": source, "target": target, "micro": micro, "unlabelled": unlabelled}
     missing = [k for k, need in needs.items() if need and given[k] is None]

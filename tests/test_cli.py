@@ -52,3 +52,17 @@ def test_every_step_has_help(step, capsys):
         main([step, "--help"])
     assert exc.value.code == 0
     assert f"usage: damnet {step}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("step", ["adapt", "finetune"])
+def test_alignment_options_reach_the_training_config(step):
+    from components.cli import build_parser
+    from components.training import train_config
+
+    base = build_parser().parse_args([step, "--region", "r", "--store", "s"])
+    cfg = train_config(base, step)
+    assert (cfg.restyle, cfg.match_gsd, cfg.photometric) == (0.0, False, 0.0)  # off unless asked
+    args = build_parser().parse_args([step, "--region", "r", "--store", "s",
+                                      "--restyle", "0.5", "--match-gsd", "--photometric", "0.3"])
+    cfg = train_config(args, step)
+    assert (cfg.restyle, cfg.match_gsd, cfg.photometric) == (0.5, True, 0.3)

@@ -286,3 +286,40 @@ def test_histogram_matching_gives_each_band_the_reference_values_and_keeps_pixel
     pre, post = restyle_pairs(x, x, ref, ref.flip(0), 1.0)
     assert torch.equal(flat(pre).sort(-1).values, flat(ref).sort(-1).values)
     assert torch.equal(flat(post).sort(-1).values, flat(ref.flip(0)).sort(-1).values)
+
+
+def test_source_batches_can_be_resampled_to_a_coarser_target_gsd(tiny_regions, tmp_path, caplog):
+    import logging
+
+    from torch.nn import functional as F
+
+    from damnet.data import gsd_ratio
+    from damnet.synthetic import write_region
+    from damnet.tiling import TilingConfig, ingest
+
+    write_region(str(tmp_path / "raw"), "target_resolution", n_scenes=1, size=128, seed=2)
+    ingest(str(tmp_path / "raw"), str(tmp_path / "coarse"), TilingConfig(size=64, require_labels=True))
+    src, coarse = TileSet(tiny_regions["source"]), TileSet(str(tmp_path / "coarse"))
+    assert gsd_ratio(src, coarse) == pytest.approx(1.2 / 0.5)
+    assert gsd_ratio(coarse, src) == pytest.approx(0.5 / 1.2)
+    degrees = src.subset(range(len(src)))
+    degrees.tiles = [{**t, "crs": "EPSG:4326"} for t in src.tiles]
+    assert gsd_ratio(src, degrees) == 1.0  # pixel sizes in degrees are not metres: leave alone
+
+    # scale 2 draws the same 32 px windows as a plain 32 px stream and area-averages them to 16 px
+    plain = Stream(src, 3, 32, seed=1, name="source", augment=False).batch(4)
+    zoomed = Stream(src, 3, 16, seed=1, name="source", augment=False, scale=2).batch(4)
+    assert zoomed.pre.shape == (3, 3, 16, 16) and zoomed.pre.dtype == torch.uint8
+    assert torch.equal(zoomed.pre, F.avg_pool2d(plain.pre.float(), 2).round().to(torch.uint8))
+    pooled = F.avg_pool2d(plain.label[:, None].float(), 2)[:, 0]
+    assert torch.equal(zoomed.label, (pooled >= 0.5).long())
+    assert torch.equal(zoomed.valid, F.avg_pool2d(plain.valid[:, None].float(), 2)[:, 0] == 1)
+    assert Stream(src, 2, 16, scale=10).batch(0).pre.shape[-1] == 16  # capped by the 64 px tile
+    with pytest.raises(ValueError, match="crop"):
+        Stream(src, 2, None, scale=2)
+
+    cfg = mode_config("adapt", steps=1, batch_size=2, crop=32, match_gsd=True)
+    with caplog.at_level(logging.INFO, logger="damnet.train"):
+        fit(_model(), cfg, source=Stream(src, 2, 32, name="s"), target=Stream(coarse, 2, 32, name="t"),
+            progress=False)
+    assert "ground sample distance (x2.40)" in caplog.text

@@ -20,11 +20,14 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
 
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 or float 0..1 images -> float 0..1 (the only input convention)."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
 def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 or float 0..1 images -> normalised float (the only input convention)."""
-    if x.dtype == torch.uint8:
-        x = x.float() / 255
-    return (x - mean) / std
+    """uint8 0..255 or float 0..1 images -> normalised float."""
+    return (to_unit(x) - mean) / std
 
 
 @dataclass(frozen=True)
