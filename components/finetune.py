@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     labels, l_rec = micro_labels(layout, "train")
     if not labels:
         raise StepError(f"region {layout.region!r}: the imported labels have no 'train' tiles to fine-tune on")
-    cfg = train_config(args, "finetune")
+    cfg = train_config(args, "finetune", inherit=adapt["params"]["train"])
     inputs = {"tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]},
               "source_tiles": {"uri": s_rec["outputs"]["tiles"], "digest": s_rec["key"]},
               "adapted": {"uri": adapt["outputs"]["model"], "digest": adapt["key"]},

@@ -32,14 +32,24 @@ def add_training_arguments(p: argparse.ArgumentParser, mode: str) -> None:
                        help="weight of the change-share prior on target predictions (0: off)")
         g.add_argument("--pseudo-weight", type=float, default=base.pseudo_weight,
                        help="weight of self-training on the target (EMA teacher; 0: off)")
-        g.add_argument("--restyle", type=float, default=base.restyle,
+        # finetune: None = as the region's adapt step (what the model was adapted with)
+        inherit = mode == "finetune"
+        same = " (default: as the region's adapt step)" if inherit else ""
+        g.add_argument("--restyle", type=float, default=None if inherit else base.restyle,
                        help="probability that a source pair takes a target pair's band histograms, "
-                       "date by date (pixel-level alignment; 0: off)")
-        g.add_argument("--match-gsd", action=argparse.BooleanOptionalAction, default=base.match_gsd,
+                       f"date by date (pixel-level alignment; 0: off){same}")
+        g.add_argument("--match-gsd", type=yes_no, metavar="{yes,no}",
+                       default=None if inherit else base.match_gsd,
                        help="resample source batches to the target's ground sample distance "
-                       "(from the tiles' geotransforms)")
+                       f"(from the tiles' geotransforms){same}")
     if mode == "supervised":
         g.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+
+
+def yes_no(value: str) -> bool:
+    if value not in ("yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {value!r}")
+    return value == "yes"
 
 
 def key_params(cfg: TrainConfig) -> dict:
@@ -48,13 +58,22 @@ def key_params(cfg: TrainConfig) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k not in ("device", "amp")}
 
 
-def train_config(args: argparse.Namespace, mode: str) -> TrainConfig:
+#: Alignment settings that MLFT takes over from the region's adaptation unless told otherwise.
+INHERITED = ("restyle", "match_gsd")
+
+
+def train_config(args: argparse.Namespace, mode: str, inherit: dict | None = None) -> TrainConfig:
+    """The step's TrainConfig from its arguments; ``inherit``: the adapt step's training settings,
+    for the :data:`INHERITED` fields left unset (None) on the command line."""
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
                  "seed": args.seed, "device": args.device,
                  "checkpoint_every": max(10, args.steps // 5)}
-    for name in ("lambda_adv", "photometric", "prior_weight", "pseudo_weight", "restyle", "match_gsd"):
-        if hasattr(args, name):
-            overrides[name] = getattr(args, name)
+    for name in ("lambda_adv", "photometric", "prior_weight", "pseudo_weight", *INHERITED):
+        value = getattr(args, name, None)
+        if value is None and name in INHERITED:
+            value = (inherit or {}).get(name)
+        if value is not None:
+            overrides[name] = value
     cfg = mode_config(mode, **overrides)
     if mode == "adapt":
         cfg = replace(cfg, adv_ramp=min(cfg.adv_ramp, max(1, cfg.steps // 3)))

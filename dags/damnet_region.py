@@ -39,6 +39,13 @@ params = {
     "tile_size": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32),
     "pretrain": Param(False, type="boolean", description="MAE-pretrain the encoder on both domains first"),
     "adapt_steps": Param(0, type="integer", minimum=0, description="0: the compute profile's default"),
+    "restyle": Param(0.0, type="number", minimum=0, maximum=1,
+                     description="pixel-level alignment: share of source pairs given the region's band "
+                     "histograms (0: off; 0.5 helped sensor and season shifts, docs/benchmarks.md); "
+                     "fine-tuning keeps it"),
+    "match_gsd": Param(False, type="boolean",
+                       description="resample source batches to the region's ground sample distance "
+                       "(when its pixel size differs from the source's); fine-tuning keeps it"),
 }
 
 ADAPT_STEPS = steps_template("adapt_steps", {"cpu-small": 60, "cpu": 150, "gpu": 3000})
@@ -61,6 +68,8 @@ def damnet_region():
     adapt = step_task(S, "adapt", [*region, "--source-model", "{{ params.source_model }}",
                                    "--source-region", "{{ params.source_region }}",
                                    "--use-pretrain", "{{ 'yes' if params.pretrain else 'no' }}",
+                                   "--restyle", "{{ params.restyle }}",
+                                   "--match-gsd", "{{ 'yes' if params.match_gsd else 'no' }}",
                                    "--steps", ADAPT_STEPS, "--device", DEVICE],
                       gpu=True, trigger_rule=TriggerRule.NONE_FAILED)
     select = step_task(S, "select", [*region, "--budget", "{{ params.label_budget }}",

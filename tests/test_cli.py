@@ -63,6 +63,20 @@ def test_alignment_options_reach_the_training_config(step):
     cfg = train_config(base, step)
     assert (cfg.restyle, cfg.match_gsd, cfg.photometric) == (0.0, False, 0.0)  # off unless asked
     args = build_parser().parse_args([step, "--region", "r", "--store", "s",
-                                      "--restyle", "0.5", "--match-gsd", "--photometric", "0.3"])
+                                      "--restyle", "0.5", "--match-gsd", "yes", "--photometric", "0.3"])
     cfg = train_config(args, step)
     assert (cfg.restyle, cfg.match_gsd, cfg.photometric) == (0.5, True, 0.3)
+
+
+def test_finetune_keeps_the_alignment_the_region_was_adapted_with_unless_told_otherwise():
+    from components.cli import build_parser
+    from components.training import train_config
+
+    adapted_with = {"restyle": 0.5, "match_gsd": True, "lambda_adv": 0.003}
+    args = build_parser().parse_args(["finetune", "--region", "r"])
+    cfg = train_config(args, "finetune", inherit=adapted_with)
+    assert (cfg.restyle, cfg.match_gsd) == (0.5, True)
+    assert cfg.lambda_adv == 1e-3  # only the alignment settings carry over, not the adaptation's
+    args = build_parser().parse_args(["finetune", "--region", "r", "--restyle", "0", "--match-gsd", "no"])
+    cfg = train_config(args, "finetune", inherit=adapted_with)
+    assert (cfg.restyle, cfg.match_gsd) == (0.0, False)

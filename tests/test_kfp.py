@@ -31,7 +31,8 @@ PARAMETERS = {
     "damnet-region": {
         "region": None, "imagery": "", "source_model": "models:/damnet-source@champion", "source_region": "source",
         "label_budget": 0.003, "audit": 0.01, "max_label_share": 0.01, "selector": "combined", "tile_size": 256,
-        "adapt_steps": 3000, "store": "s3://damnet/store", "image": "ghcr.io/damnet-ops/damnet:0.1.0",
+        "adapt_steps": 3000, "restyle": 0.0, "match_gsd": "no", "store": "s3://damnet/store",
+        "image": "ghcr.io/damnet-ops/damnet:0.1.0",
         "gpu_image": "ghcr.io/damnet-ops/damnet:0.1.0-cuda"},
     "damnet-finetune": {
         "region": None, "labels": "", "source_region": "source", "finetune_steps": 2000, "margin": 0.01,
