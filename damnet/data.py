@@ -120,21 +120,21 @@ def _seed(*parts) -> int:
 
 def ground_sample_distance(tiles: TileSet) -> float | None:
     """Median pixel size of the tiles in their CRS units (metres for the projected CRSs we ingest);
-    None when the manifest holds no transforms or the CRS is geographic (degrees)."""
-    sizes = [abs(t["transform"][0]) for t in tiles.tiles
-             if t.get("transform") and not _geographic(t.get("crs"))]
+    None when it is unknown: no transforms, no CRS (plain PNGs: pixel size 1 means nothing) or
+    a geographic CRS (degrees)."""
+    sizes = [abs(t["transform"][0]) for t in tiles.tiles if t.get("transform") and _projected(t.get("crs"))]
     return float(np.median(sizes)) if sizes else None
 
 
-def _geographic(crs: str | None) -> bool:
+def _projected(crs: str | None) -> bool:
     if not crs:
         return False
     from rasterio.crs import CRS
 
     try:
-        return bool(CRS.from_user_input(crs).is_geographic)
-    except Exception:  # noqa: BLE001 - an unreadable CRS string: treat as unknown units
-        return True
+        return bool(CRS.from_user_input(crs).is_projected)
+    except Exception:  # noqa: BLE001 - an unreadable CRS string: unknown units
+        return False
 
 
 def gsd_ratio(tiles: TileSet, reference: TileSet) -> float:

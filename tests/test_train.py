@@ -305,6 +305,8 @@ def test_source_batches_can_be_resampled_to_a_coarser_target_gsd(tiny_regions, t
     degrees = src.subset(range(len(src)))
     degrees.tiles = [{**t, "crs": "EPSG:4326"} for t in src.tiles]
     assert gsd_ratio(src, degrees) == 1.0  # pixel sizes in degrees are not metres: leave alone
+    degrees.tiles = [{**t, "crs": None} for t in src.tiles]
+    assert gsd_ratio(src, degrees) == 1.0  # nor are those of images without a CRS (PNGs)
 
     # scale 2 draws the same 32 px windows as a plain 32 px stream and area-averages them to 16 px
     plain = Stream(src, 3, 32, seed=1, name="source", augment=False).batch(4)
