@@ -170,13 +170,22 @@ class Stream:
         return Stream(self.tiles, self.batch_size, self.crop, self.seed, self.name, self.augment,
                       scale)
 
+    def _window(self, size: int) -> tuple[int, int]:
+        """(crop, window): output pixels and the tile pixels they cover, on tiles of ``size``."""
+        crop = self.crop or size
+        return crop, crop if self.scale == 1 else max(1, min(size, round(crop * self.scale)))
+
+    def effective_scale(self) -> float:
+        """The zoom batches get: ``scale``, unless the tile size caps the window."""
+        crop, window = self._window(self.tiles.load(0)[0].shape[-1])
+        return window / crop
+
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
         g = torch.Generator().manual_seed(_seed(self.seed, self.name, step))
         n = self.batch_size * world
         idx = torch.randint(len(self.tiles), (n,), generator=g)
         size = self.tiles.load(int(idx[0]))[0].shape[-1]
-        crop = self.crop or size
-        window = crop if self.scale == 1 else max(1, min(size, round(crop * self.scale)))
+        crop, window = self._window(size)
         offs = torch.randint(size - window + 1, (n, 2), generator=g)
         flips = torch.randint(2, (n, 2), generator=g)
         rots = torch.randint(4, (n,), generator=g)

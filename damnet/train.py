@@ -219,8 +219,10 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
     if cfg.match_gsd and source is not None and reference is not None:
         ratio = gsd_ratio(source.tiles, reference.tiles)
         if ratio != 1:
-            log.info("source batches resampled to the target ground sample distance (x%.2f)", ratio)
             source = source.rescaled(ratio)
+            zoom = source.effective_scale()
+            log.info("source batches resampled to the target ground sample distance (x%.2f)%s", ratio,
+                     f"; x{zoom:.2f} where the tile size caps the window" if abs(zoom - ratio) > 1e-3 else "")
     device = resolve_device(cfg.device)
     rank, world = _rank_world()
     amp = cfg.amp and device.type == "cuda"

@@ -325,3 +325,4 @@ def test_source_batches_can_be_resampled_to_a_coarser_target_gsd(tiny_regions, t
         fit(_model(), cfg, source=Stream(src, 2, 32, name="s"), target=Stream(coarse, 2, 32, name="t"),
             progress=False)
     assert "ground sample distance (x2.40)" in caplog.text
+    assert "x2.00 where the tile size caps the window" in caplog.text  # 64 px tiles, 32 px crops
