@@ -53,11 +53,14 @@ class Plan:
     oracle_steps: int = 600
     batch: int = 8
     crop: int = 128
-    lambda_adv: float = 1e-3
+    lambda_adv: float | None = None  #: of adaptation and MLFT (None: the modes' defaults)
     seeds: int = 3
     preset: str = "tiny"
     adapt: dict = field(default_factory=dict)  #: TrainConfig overrides of the adaptation row
     finetune: dict = field(default_factory=dict)  #: ... of the MLFT rows
+
+    def lambdas(self) -> dict:
+        return {} if self.lambda_adv is None else {"lambda_adv": self.lambda_adv}
 
     @classmethod
     def quick(cls) -> Plan:
@@ -150,7 +153,7 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
     log(f"[{label}] source only: F1 {rows[-1].cell('f1')}")
 
     adapted = copy.deepcopy(src_model)
-    adapt_cfg = {"lambda_adv": plan.lambda_adv, "adv_ramp": plan.adapt_steps // 4, **plan.adapt}
+    adapt_cfg = {"adv_ramp": plan.adapt_steps // 4, **plan.lambdas(), **plan.adapt}
     settings = mode_config("adapt", steps=plan.adapt_steps, batch_size=plan.batch, crop=plan.crop,
                            **adapt_cfg).to_dict()
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
@@ -196,7 +199,7 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
                    source=_stream(source, plan, "source", seed),
                    micro=_stream(pool.subset(idx), plan, "micro", seed),
                    target=_stream(unlabelled, plan, "target", seed), discriminator=disc,
-                   **{"lambda_adv": plan.lambda_adv, **plan.finetune})
+                   **{**plan.lambdas(), **plan.finetune})
             row.metrics.append(measure(model))
             row.seconds.append(time.time() - t + (score_s if method != "random" else 0.0))
         log(f"[{label}] {name}: F1 {row.cell('f1')}")
@@ -215,7 +218,9 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(n_pool, generator=g)[:n10].tolist()
         model = copy.deepcopy(src_model)
-        _train(model, "finetune", plan, plan.finetune_steps, seed=seed, lambda_adv=0.0,
+        # plain supervised fine-tuning: no unlabelled target images, no adversarial term
+        _train(model, "finetune", plan, plan.finetune_steps, seed=seed, lambda_adv=0.0, restyle=0.0,
+               match_gsd=False,
                source=_stream(source, plan, "source", seed),
                micro=_stream(pool.subset(idx), plan, "micro", seed))
         row.metrics.append(measure(model))

@@ -39,10 +39,10 @@ params = {
     "tile_size": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32),
     "pretrain": Param(False, type="boolean", description="MAE-pretrain the encoder on both domains first"),
     "adapt_steps": Param(0, type="integer", minimum=0, description="0: the compute profile's default"),
+    # defaults: those of damnet.train.MODES["adapt"] (not imported here: no torch at parse time)
     "restyle": Param(0.0, type="number", minimum=0, maximum=1,
                      description="pixel-level alignment: share of source pairs given the region's band "
-                     "histograms (0: off; 0.5 helped sensor and season shifts, docs/benchmarks.md); "
-                     "fine-tuning keeps it"),
+                     "histograms (0: off; see docs/benchmarks.md); fine-tuning keeps it"),
     "match_gsd": Param(False, type="boolean",
                        description="resample source batches to the region's ground sample distance "
                        "(when its pixel size differs from the source's); fine-tuning keeps it"),

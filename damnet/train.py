@@ -116,6 +116,10 @@ MODES = {
     # shift (target_sensor F1 4.8 -> 38.7) but cost resolution, one-tile selection on season
     # and, in the main job, the promotion (audit F1 0.647 -> 0.300): options, not defaults
     # (docs/benchmarks.md).
+    # The benchmark's best adaptation (restyle=0.5, match_gsd=True, lambda_adv=1e-2: the
+    # adaptation row closes 41 / 86 / 55 % of the gap on season / sensor / resolution, against
+    # 12 / 27 / -7 % with these defaults) lost the main job's promotion (audit F1 0.647 -> 0.522,
+    # source holdout -0.062): an option per region, not the default (docs/benchmarks.md, third run).
     "adapt": TrainConfig(lambda_adv=1e-3, adv_start=0, adv_ramp=50, lr=5e-4),
     # lr 1e-4, not 3e-4: with a handful of micro tiles, 3e-4 over-fits them; when they hold no
     # change at all the model collapsed to "no change" on the region (docs/benchmarks.md).

@@ -58,14 +58,16 @@ def test_every_step_has_help(step, capsys):
 def test_alignment_options_reach_the_training_config(step):
     from components.cli import build_parser
     from components.training import train_config
+    from damnet.train import MODES
 
     base = build_parser().parse_args([step, "--region", "r", "--store", "s"])
     cfg = train_config(base, step)
-    assert (cfg.restyle, cfg.match_gsd, cfg.photometric) == (0.0, False, 0.0)  # off unless asked
+    engine = MODES[step]
+    assert (cfg.restyle, cfg.match_gsd, cfg.photometric) == (engine.restyle, engine.match_gsd, engine.photometric)
     args = build_parser().parse_args([step, "--region", "r", "--store", "s",
-                                      "--restyle", "0.5", "--match-gsd", "yes", "--photometric", "0.3"])
+                                      "--restyle", "0.2", "--match-gsd", "no", "--photometric", "0.3"])
     cfg = train_config(args, step)
-    assert (cfg.restyle, cfg.match_gsd, cfg.photometric) == (0.5, True, 0.3)
+    assert (cfg.restyle, cfg.match_gsd, cfg.photometric) == (0.2, False, 0.3)
 
 
 def test_finetune_keeps_the_alignment_the_region_was_adapted_with_unless_told_otherwise():

@@ -257,3 +257,11 @@ def test_the_dags_accept_exactly_the_region_names_the_steps_accept(monkeypatch):
     from components.step import REGION_PATTERN as STEP_PATTERN
 
     assert DAG_PATTERN == STEP_PATTERN
+
+
+def test_the_region_dag_adapts_with_the_engines_default_alignment(airflow_home, monkeypatch):
+    # Literals in the DAG file (no torch at parse time): they must follow damnet.train.MODES.
+    from damnet.train import MODES
+
+    dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
+    assert (dag.params["restyle"], dag.params["match_gsd"]) == (MODES["adapt"].restyle, MODES["adapt"].match_gsd)

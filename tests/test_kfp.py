@@ -278,3 +278,11 @@ def test_compile_command_sets_image_and_store_defaults_and_refuses_a_local_store
     proc = compile_pipelines(tmp_path / "x.yaml", "--pipeline", "region", "--store", "runs/store")
     assert proc.returncode == 2 and "s3://" in proc.stderr
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_the_region_pipeline_adapts_with_the_engines_default_alignment():
+    from damnet.train import MODES
+
+    region = PARAMETERS["damnet-region"]  # checked against the compiled spec above
+    assert region["restyle"] == MODES["adapt"].restyle
+    assert region["match_gsd"] == ("yes" if MODES["adapt"].match_gsd else "no")
