@@ -43,14 +43,15 @@ def svg(results: dict[str, list[dict]], title: str = "") -> str:
     names = list(dict.fromkeys(r["name"] for rows in results.values() for r in rows))
     bar, gap, left, top, height = 14, 26, 48, 40, 260
     group = bar * len(names)
-    width = left + len(results) * (group + gap) + 20
+    title = title or "Target test F1 (%) per row and style"
+    width = max(left + len(results) * (group + gap) + 20, 60 + 7 * len(title), 560)  # room for title, legend
     legend_h = 18 * ((len(names) + 1) // 2)
     total_h = top + height + 40 + legend_h
     y = lambda v: top + height * (1 - v / 100)  # noqa: E731
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total_h}" '
            f'font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{total_h}" fill="white"/>',
-           f'<text x="{left}" y="20" font-size="13">{escape(title or "Target test F1 (%) per row and style")}</text>']
+           f'<text x="{left}" y="20" font-size="13">{escape(title)}</text>']
     for tick in range(0, 101, 20):
         out.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e0e0e0"/>')
         out.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick}</text>')
