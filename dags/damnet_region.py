@@ -46,6 +46,9 @@ params = {
     "match_gsd": Param(False, type="boolean",
                        description="resample source batches to the region's ground sample distance "
                        "(when its pixel size differs from the source's); fine-tuning keeps it"),
+    "lambda_adv": Param(0.001, type="number", minimum=0, maximum=1,
+                        description="weight of the adversarial term in adaptation (0.01 with restyle 0.5 "
+                        "and match_gsd: the benchmark's best; fine-tuning keeps its own 0.001)"),
 }
 
 ADAPT_STEPS = steps_template("adapt_steps", {"cpu-small": 60, "cpu": 150, "gpu": 3000})
@@ -70,6 +73,7 @@ def damnet_region():
                                    "--use-pretrain", "{{ 'yes' if params.pretrain else 'no' }}",
                                    "--restyle", "{{ params.restyle }}",
                                    "--match-gsd", "{{ 'yes' if params.match_gsd else 'no' }}",
+                                   "--lambda-adv", "{{ params.lambda_adv }}",
                                    "--steps", ADAPT_STEPS, "--device", DEVICE],
                       gpu=True, trigger_rule=TriggerRule.NONE_FAILED)
     select = step_task(S, "select", [*region, "--budget", "{{ params.label_budget }}",

@@ -85,12 +85,12 @@ def validate(store: str, region: str, run_group: str, source_region: str):
 
 @dsl.container_component
 def adapt(store: str, region: str, run_group: str, source_model: str, source_region: str, steps: int,
-          restyle: float, match_gsd: str):
+          restyle: float, match_gsd: str, lambda_adv: float):
     """Unsupervised domain adaptation of the source model to the region (GPU)."""
     return dsl.ContainerSpec(image=DEFAULT_GPU_IMAGE, command=["damnet"], args=[
         *_common("adapt", store, region, run_group), "--source-model", source_model,
         "--source-region", source_region, "--steps", steps, "--restyle", restyle,
-        "--match-gsd", match_gsd, "--device", GPU_DEVICE])
+        "--match-gsd", match_gsd, "--lambda-adv", lambda_adv, "--device", GPU_DEVICE])
 
 
 @dsl.container_component
@@ -197,6 +197,7 @@ def region_pipeline(
     adapt_steps: int = 3000,
     restyle: float = 0.0,
     match_gsd: str = "no",
+    lambda_adv: float = 0.001,
     store: str = DEFAULT_STORE,
     image: str = DEFAULT_IMAGE,
     gpu_image: str = DEFAULT_GPU_IMAGE,
@@ -216,6 +217,7 @@ def region_pipeline(
         adapt_steps: adaptation steps (on a GPU).
         restyle: share of source pairs given the region's band histograms (0: off); MLFT keeps it.
         match_gsd: yes: resample source batches to the region's ground sample distance; MLFT keeps it.
+        lambda_adv: weight of the adversarial term in adaptation (MLFT keeps its own).
         store: store root, an s3:// prefix (the pods share no file system).
         image: project image of the CPU steps.
         gpu_image: project CUDA image of the GPU steps.
@@ -225,7 +227,7 @@ def region_pipeline(
     t_ingest = _step(ingest(**common, imagery=imagery, tile_size=tile_size), "ingest", image, gpu_image)
     t_validate = _step(validate(**common, source_region=source_region), "validate", image, gpu_image)
     t_adapt = _step(adapt(**common, source_model=source_model, source_region=source_region, steps=adapt_steps,
-                          restyle=restyle, match_gsd=match_gsd),
+                          restyle=restyle, match_gsd=match_gsd, lambda_adv=lambda_adv),
                     "adapt", image, gpu_image)
     t_select = _step(select(**common, budget=label_budget, audit=audit, selector=selector,
                             max_label_share=max_label_share), "select", image, gpu_image)

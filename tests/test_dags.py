@@ -109,7 +109,7 @@ def test_kubernetes_mode_refuses_a_store_the_pods_cannot_see(airflow_home, monke
 
 @pytest.mark.parametrize("conf, field", [({"region": "../x"}, "region"), ({"label_budget": 0}, "label_budget"),
                                          ({"selector": "best"}, "selector"), ({"imagery": "x; rm -rf /"}, "imagery"),
-                                         ({"restyle": 1.5}, "restyle")])
+                                         ({"restyle": 1.5}, "restyle"), ({"lambda_adv": -1}, "lambda_adv")])
 def test_a_bad_trigger_is_refused_by_param_validation(airflow_home, monkeypatch, conf, field):
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -265,3 +265,4 @@ def test_the_region_dag_adapts_with_the_engines_default_alignment(airflow_home, 
 
     dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
     assert (dag.params["restyle"], dag.params["match_gsd"]) == (MODES["adapt"].restyle, MODES["adapt"].match_gsd)
+    assert dag.params["lambda_adv"] == MODES["adapt"].lambda_adv

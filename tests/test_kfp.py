@@ -31,7 +31,8 @@ PARAMETERS = {
     "damnet-region": {
         "region": None, "imagery": "", "source_model": "models:/damnet-source@champion", "source_region": "source",
         "label_budget": 0.003, "audit": 0.01, "max_label_share": 0.01, "selector": "combined", "tile_size": 256,
-        "adapt_steps": 3000, "restyle": 0.0, "match_gsd": "no", "store": "s3://damnet/store",
+        "adapt_steps": 3000, "restyle": 0.0, "match_gsd": "no", "lambda_adv": 0.001,
+        "store": "s3://damnet/store",
         "image": "ghcr.io/damnet-ops/damnet:0.1.0",
         "gpu_image": "ghcr.io/damnet-ops/damnet:0.1.0-cuda"},
     "damnet-finetune": {
@@ -286,3 +287,4 @@ def test_the_region_pipeline_adapts_with_the_engines_default_alignment():
     region = PARAMETERS["damnet-region"]  # checked against the compiled spec above
     assert region["restyle"] == MODES["adapt"].restyle
     assert region["match_gsd"] == ("yes" if MODES["adapt"].match_gsd else "no")
+    assert region["lambda_adv"] == MODES["adapt"].lambda_adv
