@@ -1,0 +1,95 @@
+"""Variants of one MLFT row of the ablation (same data, adapted model and selection), side by side.
+
+    .venv/bin/python bench/mlft_variants.py --style target_season --budget 0.01 \\
+        --adapt-set restyle=0.5 --adapt-set match_gsd=true --adapt-set lambda_adv=0.01 \\
+        --finetune-set restyle=0.5 --finetune-set match_gsd=true \\
+        --variant "base:" --variant "lr3:lr=3e-4" --variant "s150:steps=150"
+
+Each variant is ``NAME:KEY=VALUE,...`` of TrainConfig overrides on top of ``--finetune-set``
+(``steps`` sets the MLFT steps, ``method`` the selector). It reads the data, source model and
+adapted model that ``bench/ablation.py`` cached in ``--work`` with the same ``--adapt-set``
+(run ``bench/ablation.py --styles STYLE --upto adapt ...`` first) and prints test F1, precision
+and recall per seed and their mean. Exploratory: tuned on the test region, like the sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import ablation  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--style", required=True, choices=sorted(ablation.POOL_SEEDS))
+    ap.add_argument("--budget", type=float, default=0.01)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--work", default="runs/bench")
+    ap.add_argument("--adapt-set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--variant", action="append", required=True, metavar="NAME:KEY=VALUE,...")
+    args = ap.parse_args()
+
+    import torch
+
+    from damnet.data import TileSet
+    from damnet.evaluate import evaluate
+    from damnet.models import SegDiscriminator
+    from damnet.select import score_region, select
+
+    plan = ablation.Plan(adapt=ablation._overrides(args.adapt_set),
+                         finetune=ablation._overrides(args.finetune_set))
+    work = Path(args.work) / "full"
+    cache = ablation.adapted_cache(work, plan, args.style)
+    if not cache.exists():
+        raise SystemExit(f"{cache} is missing: run bench/ablation.py --styles {args.style} --upto adapt "
+                         "with the same --adapt-set options first")
+    pool_seed, test_seed = ablation.region_seeds(args.style)
+    source = TileSet(ablation._region(work, "source", "source", plan.source_scenes, plan, 0))
+    pool = TileSet(ablation._region(work, f"{args.style}-pool", args.style, plan.target_scenes, plan, pool_seed))
+    test = TileSet(ablation._region(work, f"{args.style}-test", args.style, plan.test_scenes, plan, test_seed))
+    unlabelled = pool.subset(range(len(pool)), labels=None)
+    adapted, _ = ablation._source_model(work, plan, source)
+    state = torch.load(cache, weights_only=True)
+    adapted.load_state_dict(state["model"])
+    scores = score_region(adapted, pool, batch_size=8, progress=False)
+
+    for variant in args.variant:
+        name, _, rest = variant.partition(":")
+        overrides = ablation._overrides([kv for kv in rest.split(",") if kv and not kv.startswith(("steps=", "method="))])
+        extra = dict(kv.split("=", 1) for kv in rest.split(",") if kv.startswith(("steps=", "method=")))
+        steps, method = int(extra.get("steps", plan.finetune_steps)), extra.get("method", "combined")
+        runs = []
+        for seed in range(args.seeds):
+            t = time.time()
+            sel = select(scores, args.budget, method, audit=1, seed=seed)
+            model = copy.deepcopy(adapted)
+            disc = SegDiscriminator(2, model.config.disc_channels)
+            disc.load_state_dict(state["disc"])
+            ablation._train(model, "finetune", plan, steps, seed=seed,
+                            source=ablation._stream(source, plan, "source", seed),
+                            micro=ablation._stream(pool.subset([pool.ids.index(i) for i in sel.train]), plan,
+                                                   "micro", seed),
+                            target=ablation._stream(unlabelled, plan, "target", seed), discriminator=disc,
+                            **{**plan.lambdas(), **plan.finetune, **overrides})
+            m = evaluate(model, test, batch_size=8).as_dict()
+            runs.append((m, time.time() - t))
+            print(f"[{name}] seed {seed}: F1 {100 * m['f1']:.1f} P {100 * m['precision']:.1f} "
+                  f"R {100 * m['recall']:.1f} ({runs[-1][1]:.0f} s)", flush=True)
+        mean = {k: 100 * statistics.mean(m[k] for m, _ in runs) for k in ("f1", "precision", "recall")}
+        print(f"[{name}] {args.style} {method} {args.budget:g}, {steps} steps, {overrides or 'as --finetune-set'}: "
+              f"F1 {mean['f1']:.1f} P {mean['precision']:.1f} R {mean['recall']:.1f}, "
+              f"{statistics.median(s for _, s in runs):.0f} s per run", flush=True)
+
+
+if __name__ == "__main__":
+    main()
