@@ -65,8 +65,10 @@ def main() -> None:
 
     for variant in args.variant:
         name, _, rest = variant.partition(":")
-        overrides = ablation._overrides([kv for kv in rest.split(",") if kv and not kv.startswith(("steps=", "method="))])
-        extra = dict(kv.split("=", 1) for kv in rest.split(",") if kv.startswith(("steps=", "method=")))
+        items = [kv for kv in rest.split(",") if kv]
+        own = ("steps=", "method=")  # not TrainConfig fields of the MLFT row
+        overrides = ablation._overrides([kv for kv in items if not kv.startswith(own)])
+        extra = dict(kv.split("=", 1) for kv in items if kv.startswith(own))
         steps, method = int(extra.get("steps", plan.finetune_steps)), extra.get("method", "combined")
         runs = []
         for seed in range(args.seeds):
