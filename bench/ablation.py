@@ -152,6 +152,23 @@ def adapted_cache(work: Path, plan: Plan, label: str) -> Path:
     return work / f"adapted-{label}-{plan.preset}-{plan.source_steps}-{key}.pt"
 
 
+def mlft_model(plan: Plan, adapted: ChangeNet, disc_state: dict, source: TileSet, pool: TileSet,
+               unlabelled: TileSet, micro_ids: list[str], seed: int, steps: int | None = None,
+               **overrides) -> ChangeNet:
+    """A copy of ``adapted`` fine-tuned (MLFT) on the ``micro_ids`` tiles of ``pool``, with source
+    batches and ``unlabelled`` (the pool without labels: pass the same object to every call, its
+    tile cache is what spares the re-reads), starting from the adaptation's discriminator."""
+    model = copy.deepcopy(adapted)
+    disc = SegDiscriminator(2, model.config.disc_channels)
+    disc.load_state_dict(disc_state)
+    _train(model, "finetune", plan, plan.finetune_steps if steps is None else steps, seed=seed,
+           source=_stream(source, plan, "source", seed),
+           micro=_stream(pool.subset([pool.ids.index(i) for i in micro_ids]), plan, "micro", seed),
+           target=_stream(unlabelled, plan, "target", seed), discriminator=disc,
+           **{**plan.lambdas(), **plan.finetune, **overrides})
+    return model
+
+
 def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileSet,
              label: str, log, upto: str = "oracle") -> list[Row]:
     """All rows for one source -> target pair."""
@@ -202,15 +219,7 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
         for seed in range(plan.seeds):
             t = time.time()
             sel = select(scores, budget, method, audit=1, seed=seed)
-            idx = [pool.ids.index(i) for i in sel.train]
-            model = copy.deepcopy(adapted)
-            disc = SegDiscriminator(2, model.config.disc_channels)
-            disc.load_state_dict(disc_state)
-            _train(model, "finetune", plan, plan.finetune_steps, seed=seed,
-                   source=_stream(source, plan, "source", seed),
-                   micro=_stream(pool.subset(idx), plan, "micro", seed),
-                   target=_stream(unlabelled, plan, "target", seed), discriminator=disc,
-                   **{**plan.lambdas(), **plan.finetune})
+            model = mlft_model(plan, adapted, disc_state, source, pool, unlabelled, sel.train, seed)
             row.metrics.append(measure(model))
             row.seconds.append(time.time() - t + (score_s if method != "random" else 0.0))
         log(f"[{label}] {name}: F1 {row.cell('f1')}")

@@ -15,7 +15,6 @@ and recall per seed and their mean. Exploratory: tuned on the test region, like 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -43,7 +42,6 @@ def main() -> None:
 
     from damnet.data import TileSet
     from damnet.evaluate import evaluate
-    from damnet.models import SegDiscriminator
     from damnet.select import score_region, select
 
     plan = ablation.Plan(adapt=ablation._overrides(args.adapt_set),
@@ -74,15 +72,8 @@ def main() -> None:
         for seed in range(args.seeds):
             t = time.time()
             sel = select(scores, args.budget, method, audit=1, seed=seed)
-            model = copy.deepcopy(adapted)
-            disc = SegDiscriminator(2, model.config.disc_channels)
-            disc.load_state_dict(state["disc"])
-            ablation._train(model, "finetune", plan, steps, seed=seed,
-                            source=ablation._stream(source, plan, "source", seed),
-                            micro=ablation._stream(pool.subset([pool.ids.index(i) for i in sel.train]), plan,
-                                                   "micro", seed),
-                            target=ablation._stream(unlabelled, plan, "target", seed), discriminator=disc,
-                            **{**plan.lambdas(), **plan.finetune, **overrides})
+            model = ablation.mlft_model(plan, adapted, state["disc"], source, pool, unlabelled, sel.train,
+                                        seed, steps, **overrides)
             m = evaluate(model, test, batch_size=8).as_dict()
             runs.append((m, time.time() - t))
             print(f"[{name}] seed {seed}: F1 {100 * m['f1']:.1f} P {100 * m['precision']:.1f} "
