@@ -13,6 +13,12 @@ and its outputs exist, it prints "up to date" and does nothing. Otherwise it wri
 outputs under a new key folder and replaces the record last, so a step that fails half-way
 leaves the previous record and the outputs it points to untouched.
 
+One run of a step per region at a time: a step holds ``steps/<step>.lock`` (created
+atomically, a conditional write on S3) while it runs. A second run of the same step and
+region meanwhile stops with an error naming the run that holds it. A lock left behind by a
+run that died is taken over by a retry of the same pipeline run (same run group), by any
+run on the same host once its process is gone, or with ``--break-lock``.
+
 Each step is also one MLflow run nested under a region run (one per pipeline run, found by
 the tag ``damnet.run_group``: the Airflow run id, or ``manual``) in the experiment
 ``damnet/<region>``.
@@ -80,6 +86,8 @@ def add_common_arguments(p: argparse.ArgumentParser, region: str | None = None) 
     p.add_argument("--run-group", default=os.environ.get("DAMNET_RUN_GROUP", "manual"),
                    help="groups this step's MLflow run under one region run (e.g. the Airflow run id)")
     p.add_argument("--force", action="store_true", help="run even if the step is up to date")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over this step's lock from a run of it that is gone (see the error that names it)")
 
 
 @dataclass(frozen=True)
@@ -310,6 +318,69 @@ def up_to_date(name: str, args: argparse.Namespace, inputs: dict[str, dict], par
     return _finished(name, args, step_key(name, inputs, params), layout) is not None
 
 
+LOCK_FORMAT = "damnet.lock/1"
+
+
+class StepLocked(StepError):
+    """Another run of the same step of the same region is in progress."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_left_behind(held: dict, run_group: str) -> bool:
+    """Is ``held`` a lock of a run that is gone?"""
+    if run_group != "manual" and held.get("run_group") == run_group:
+        return True  # a retry of the same pipeline run: the attempt that held it has ended
+    if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int):
+        return not _pid_alive(held["pid"])
+    return False
+
+
+@contextlib.contextmanager
+def step_lock(layout: Layout, name: str, run_group: str, break_lock: bool = False) -> Iterator[None]:
+    """Hold ``STORE/regions/<region>/steps/<name>.lock`` while a step runs (module docstring)."""
+    uri = storage.join(layout.region_uri, "steps", f"{name}.lock")
+    store = storage.storage_for(uri)
+    mine = {"format": LOCK_FORMAT, "step": name, "region": layout.region, "run_group": run_group,
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    data = json.dumps(mine, indent=1).encode()
+
+    def held() -> dict | None:
+        try:
+            value = json.loads(store.get_text(uri))
+        except (ValueError, storage.StorageError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    if not store.create_exclusive(uri, data):
+        other = held()
+        if other is not None and not break_lock and not _lock_left_behind(other, run_group):
+            raise StepLocked(
+                f"region {layout.region!r}: step {name!r} is already running (run group "
+                f"{other.get('run_group')!r}, host {other.get('host')}, pid {other.get('pid')}, since "
+                f"{other.get('since')}); wait for it to finish. If that run is gone, run again with "
+                f"--break-lock (lock: {uri})")
+        log.warning("%s: taking over the lock of a run that is gone: %s", uri, other)
+        store.delete(uri)
+        if not store.create_exclusive(uri, data):
+            raise StepLocked(f"region {layout.region!r}: step {name!r}: another run took the lock {uri} "
+                             "at the same moment; wait for it to finish")
+    try:
+        yield
+    finally:
+        if held() == mine:
+            store.delete(uri)
+
+
 def run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], params: dict,
              body: Callable[[StepRun], None], layout: Layout | None = None) -> dict:
     """Run ``body`` unless the step is up to date; write the record; log the MLflow run.
@@ -317,9 +388,15 @@ def run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], param
     ``inputs``: name -> ``{"uri": ..., "digest": ...}`` (content hash, or the upstream
     record's key). Returns the step record.
     """
+    layout = layout or Layout.from_args(args)
+    with step_lock(layout, name, args.run_group, getattr(args, "break_lock", False)):
+        return _run_step(name, args, inputs, params, body, layout)
+
+
+def _run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], params: dict,
+              body: Callable[[StepRun], None], layout: Layout) -> dict:
     import mlflow
 
-    layout = layout or Layout.from_args(args)
     key = step_key(name, inputs, params)
     current = read_record(layout, name)
     previous = _finished(name, args, key, layout, current)

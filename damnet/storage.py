@@ -135,6 +135,13 @@ class Storage:
     def put_text(self, uri: str, text: str) -> None:
         self.put_bytes(uri, text.encode("utf-8"))
 
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        """Store ``data`` under ``uri`` only if nothing is there yet, in one atomic step (a lock).
+
+        True if this call created it, False if the object already existed.
+        """
+        raise NotImplementedError
+
     def get_text(self, uri: str) -> str:
         return self.get_bytes(uri).decode("utf-8")
 
@@ -157,6 +164,31 @@ class LocalStorage(Storage):
 
     def delete(self, uri: str) -> None:
         local_path(uri).unlink(missing_ok=True)
+
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        final = local_path(uri)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # written whole under a temporary name, then hard-linked: link() fails if the name
+        # exists, so a reader never sees a half-written object
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}{_LOCAL_TMP_MARK}", dir=final.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(name, _FILE_MODE)
+            try:
+                os.link(name, final)
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: exclusive create, then write
+                try:
+                    out = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+                except FileExistsError:
+                    return False
+                with os.fdopen(out, "wb") as f:
+                    f.write(data)
+            return True
+        finally:
+            os.unlink(name)
 
     @contextlib.contextmanager
     def writing(self, uri: str, suffix: str = "") -> Iterator[Path]:
@@ -225,6 +257,19 @@ class S3Storage(Storage):
     def delete(self, uri: str) -> None:
         bucket, key = split_s3(uri)
         self.client.delete_object(Bucket=bucket, Key=key)
+
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:  # a conditional write (AWS S3 since 2024, MinIO, moto): refused if the key exists
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                              "412", "409"):
+                return False
+            raise StorageError(f"{uri}: cannot create: {exc}") from exc
+        return True
 
     @contextlib.contextmanager
     def writing(self, uri: str, suffix: str = "") -> Iterator[Path]:

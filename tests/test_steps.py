@@ -119,3 +119,47 @@ def test_training_the_same_inputs_twice_gives_the_same_model(store):
         weights.append(torch.load(path, weights_only=True)["model"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _lock(store: Path, region: str, step: str) -> Path:
+    return store / "regions" / region / "steps" / f"{step}.lock"
+
+
+def test_a_second_run_of_a_running_step_stops_with_the_run_that_holds_it(store, capsys):
+    """Two pipeline runs of one region must not write one step's outputs at the same time."""
+    import socket
+
+    lock = _lock(store, "source", "ingest")
+    lock.parent.mkdir(parents=True)
+    other = {"format": "damnet.lock/1", "step": "ingest", "region": "source", "run_group": "manual__2026-11-27",
+             "host": "worker-7", "pid": 4242, "since": "2026-11-27T08:00:00Z"}
+    lock.write_text(json.dumps(other))
+    args = ["ingest", "--store", str(store), "--region", "source", "--tile-size", "64"]
+    assert main([*args, "--run-group", "scheduled__2026-11-27"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: region 'source': step 'ingest' is already running (run group "
+                          "'manual__2026-11-27', host worker-7, pid 4242") and "--break-lock" in err
+    assert not (store / "regions" / "source" / "ingest").exists() and json.loads(lock.read_text()) == other
+
+    # A retry of the run that held it (its attempt died: same run group) takes it over ...
+    assert main([*args, "--run-group", "manual__2026-11-27"]) == 0
+    assert not lock.exists()  # ... and lets go when done
+    # a lock of a process of this host that is gone is taken over too
+    lock.write_text(json.dumps({**other, "host": socket.gethostname(), "pid": 2 ** 22 + 12345}))
+    assert main([*args, "--force"]) == 0 and not lock.exists()
+    # an unknown run elsewhere needs --break-lock
+    lock.write_text(json.dumps(other))
+    assert main([*args, "--force"]) == 2
+    assert main([*args, "--force", "--break-lock"]) == 0 and not lock.exists()
+
+
+def test_a_failed_step_releases_its_lock(store, monkeypatch):
+    main(["ingest", "--store", str(store), "--region", "source", "--tile-size", "64", "--require-labels"])
+    import damnet.registry
+
+    monkeypatch.setattr(damnet.registry, "save_model", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        main(["train", "--store", str(store), *TRAIN])
+    assert not _lock(store, "source", "train").exists()
+    monkeypatch.undo()
+    assert main(["train", "--store", str(store), *TRAIN]) == 0

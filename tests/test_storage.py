@@ -130,3 +130,26 @@ def test_tree_digest_of_an_s3_prefix_comes_from_the_listing_and_follows_the_cont
     assert changed != first
     s3.put_bytes(f"{prefix}/post/b.tif", b"x")  # one more file
     assert tree_digest(prefix) not in (first, changed)
+
+
+def test_create_exclusive_creates_once_and_keeps_the_first_content(base):
+    """The primitive of the step locks: of two creators of one name, exactly one wins."""
+    s = storage.storage_for(base)
+    uri = storage.join(base, "steps", "adapt.lock")
+    assert s.create_exclusive(uri, b"first") is True
+    assert s.create_exclusive(uri, b"second") is False
+    assert s.get_bytes(uri) == b"first"
+    assert s.list(storage.join(base, "steps")) == [uri]  # no temporary object left beside it
+    s.delete(uri)
+    assert s.create_exclusive(uri, b"third") is True and s.get_text(uri) == "third"
+
+
+def test_create_exclusive_has_one_winner_among_concurrent_callers(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = storage.storage_for(str(tmp_path))
+    uri = str(tmp_path / "x.lock")
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: s.create_exclusive(uri, str(i).encode()), range(32)))
+    assert won.count(True) == 1
+    assert s.get_text(uri) == str(won.index(True))
