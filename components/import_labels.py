@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     export = upstream(layout, "export-labels")
     tiles, t_rec = tiles_of(layout, labels=None)
-    source = args.labels or default_labels(layout)
+    source = storage.absolute(args.labels) if args.labels else default_labels(layout)
     is_json = source.lower().endswith(".json")
     if is_json and not storage.storage_for(source).exists(source):
         raise StepError(f"{source}: no such label export")

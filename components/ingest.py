@@ -38,7 +38,7 @@ def config_from(args: argparse.Namespace) -> TilingConfig:
 
 def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
-    imagery = args.imagery or layout.imagery
+    imagery = storage.absolute(args.imagery) if args.imagery else layout.imagery
     config = config_from(args)
     params = {"tiling": {"size": config.size, "overlap": config.overlap, "bands": config.bands,
                          "require_labels": config.require_labels, "skip_bad": config.skip_bad}}

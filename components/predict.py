@@ -58,7 +58,7 @@ def overlay(image_path: str, change_uri: str, out_uri: str) -> None:
 def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     model_ref = model_input(args.model or f"models:/{registry.registered_name(layout.region)}@{registry.CHAMPION}")
-    imagery = args.imagery or layout.imagery
+    imagery = storage.absolute(args.imagery) if args.imagery else layout.imagery
     inputs = {"model": model_ref, "imagery": {"uri": imagery, "digest": tree_digest(imagery)}}
     params = {"tile": args.tile, "overlap": args.overlap, "threshold": args.threshold,
               "min_area_px": args.min_area_px}

@@ -97,8 +97,7 @@ class Layout:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Layout:
-        store = args.store if storage.is_s3(args.store) else str(Path(args.store).resolve())
-        return cls(store, args.region)
+        return cls(storage.absolute(args.store), args.region)
 
     @property
     def region_uri(self) -> str:

@@ -66,6 +66,13 @@ def local_path(uri: str | os.PathLike) -> Path:
     return Path(uri)
 
 
+def absolute(uri: str) -> str:
+    """``uri`` in the one form records keep: s3:// URIs as given, ``file://`` URIs and relative
+    paths as absolute paths (so a record means the same from any working directory)."""
+    uri = str(uri)
+    return uri if is_s3(uri) else str(local_path(uri).resolve())
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:

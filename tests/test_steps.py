@@ -163,3 +163,18 @@ def test_a_failed_step_releases_its_lock(store, monkeypatch):
     assert not _lock(store, "source", "train").exists()
     monkeypatch.undo()
     assert main(["train", "--store", str(store), *TRAIN]) == 0
+
+
+def test_file_uris_and_relative_paths_are_recorded_as_absolute_paths(store, monkeypatch, capsys):
+    """A record means the same whichever way a path was given and wherever the next step runs."""
+    monkeypatch.chdir(store.parent)
+    args = ["ingest", "--region", "source", "--tile-size", "64", "--imagery", "store/imagery/source"]
+    assert main([*args, "--store", f"file://{store}"]) == 0
+    rec = record(store, "source", "ingest")
+    assert rec["inputs"]["imagery"]["uri"] == str(store / "imagery" / "source")
+    assert rec["outputs"]["manifest"].startswith(str(store) + "/")
+    assert not (store.parent / "file:").exists()
+    capsys.readouterr()
+    monkeypatch.chdir(store)
+    assert main([*args[:-1], str(store / "imagery" / "source"), "--store", "."]) == 0
+    assert "up to date" in capsys.readouterr().out
