@@ -58,6 +58,9 @@ class Plan:
     lambda_adv: float | None = None  #: of adaptation and MLFT (None: the modes' defaults)
     seeds: int = 3
     preset: str = "tiny"
+    #: our selector scores with the source model as a second opinion (committee disagreement;
+    #: the select step's --reference source); False: the adapted model's uncertainty alone
+    reference: bool = False
     adapt: dict = field(default_factory=dict)  #: TrainConfig overrides of the adaptation row
     finetune: dict = field(default_factory=dict)  #: ... of the MLFT rows
 
@@ -152,6 +155,37 @@ def adapted_cache(work: Path, plan: Plan, label: str) -> Path:
     return work / f"adapted-{label}-{plan.preset}-{plan.source_steps}-{key}.pt"
 
 
+@dataclass
+class CachedPair:
+    """One style's regions and the models ``bench/ablation.py`` cached for it (for the scripts that
+    look closer at one row: mlft_variants.py, misses.py)."""
+
+    source: TileSet
+    pool: TileSet
+    test: TileSet
+    unlabelled: TileSet  #: the pool without labels (one object: its tile cache spares re-reads)
+    src_model: ChangeNet
+    adapted: ChangeNet
+    disc_state: dict
+
+
+def cached_pair(work: Path, plan: Plan, style: str) -> CachedPair:
+    cache = adapted_cache(work, plan, style)
+    if not cache.exists():
+        raise SystemExit(f"{cache} is missing: run bench/ablation.py --styles {style} --upto adapt "
+                         "with the same --adapt-set options first")
+    pool_seed, test_seed = region_seeds(style)
+    source = TileSet(_region(work, "source", "source", plan.source_scenes, plan, 0))
+    pool = TileSet(_region(work, f"{style}-pool", style, plan.target_scenes, plan, pool_seed))
+    test = TileSet(_region(work, f"{style}-test", style, plan.test_scenes, plan, test_seed))
+    src_model, _ = _source_model(work, plan, source)
+    adapted = copy.deepcopy(src_model)
+    state = torch.load(cache, weights_only=True)
+    adapted.load_state_dict(state["model"])
+    return CachedPair(source, pool, test, pool.subset(range(len(pool)), labels=None), src_model, adapted,
+                      state["disc"])
+
+
 def mlft_model(plan: Plan, adapted: ChangeNet, disc_state: dict, source: TileSet, pool: TileSet,
                unlabelled: TileSet, micro_ids: list[str], seed: int, steps: int | None = None,
                **overrides) -> ChangeNet:
@@ -166,6 +200,19 @@ def mlft_model(plan: Plan, adapted: ChangeNet, disc_state: dict, source: TileSet
            micro=_stream(pool.subset([pool.ids.index(i) for i in micro_ids]), plan, "micro", seed),
            target=_stream(unlabelled, plan, "target", seed), discriminator=disc,
            **{**plan.lambdas(), **plan.finetune, **overrides})
+    return model
+
+
+def ten_percent_model(plan: Plan, src_model: ChangeNet, source: TileSet, pool: TileSet,
+                      seed: int) -> ChangeNet:
+    """The 10 % row's model: ``src_model`` fine-tuned on a random 10 % of ``pool`` (seeded) with
+    source batches; plain supervised fine-tuning, no unlabelled target images, no adversarial term."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(pool), generator=g)[:budget_count(0.1, len(pool))].tolist()
+    model = copy.deepcopy(src_model)
+    _train(model, "finetune", plan, plan.finetune_steps, seed=seed, lambda_adv=0.0, restyle=0.0,
+           match_gsd=False, source=_stream(source, plan, "source", seed),
+           micro=_stream(pool.subset(idx), plan, "micro", seed))
     return model
 
 
@@ -206,7 +253,8 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
         return rows
 
     t = time.time()
-    scores = score_region(adapted, pool, batch_size=8, progress=False)
+    scores = score_region(adapted, pool, batch_size=8, progress=False,
+                          reference=src_model if plan.reference else None)
     score_s = time.time() - t
 
     done = _row_cache(work, label, plan)
@@ -235,14 +283,7 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
     row = Row("supervised fine-tune 10 %", f"{n10} ({100 * n10 / n_pool:.1f} %)")
     for seed in range(0 if row.name in done else plan.seeds):
         t = time.time()
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n_pool, generator=g)[:n10].tolist()
-        model = copy.deepcopy(src_model)
-        # plain supervised fine-tuning: no unlabelled target images, no adversarial term
-        _train(model, "finetune", plan, plan.finetune_steps, seed=seed, lambda_adv=0.0, restyle=0.0,
-               match_gsd=False,
-               source=_stream(source, plan, "source", seed),
-               micro=_stream(pool.subset(idx), plan, "micro", seed))
+        model = ten_percent_model(plan, src_model, source, pool, seed)
         row.metrics.append(measure(model))
         row.seconds.append(time.time() - t)
     row = done.get(row.name) or done.save(row)
@@ -332,6 +373,8 @@ def main() -> None:
     ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainConfig field of the MLFT rows (repeatable)")
     ap.add_argument("--finetune-steps", type=int, default=None)
+    ap.add_argument("--reference", action="store_true",
+                    help="our selector with the source model's second opinion (select --reference source)")
     ap.add_argument("--upto", choices=("adapt", "oracle"), default="oracle",
                     help="adapt: stop after the adaptation row (quick look at adaptation settings)")
     args = ap.parse_args()
@@ -344,6 +387,7 @@ def main() -> None:
     plan.adapt, plan.finetune = _overrides(args.adapt_set), _overrides(args.finetune_set)
     if args.finetune_steps:
         plan.finetune_steps = args.finetune_steps
+    plan.reference = args.reference
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
 

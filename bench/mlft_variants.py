@@ -36,30 +36,19 @@ def main() -> None:
     ap.add_argument("--adapt-set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--variant", action="append", required=True, metavar="NAME:KEY=VALUE,...")
+    ap.add_argument("--reference", action="store_true",
+                    help="score with the source model's second opinion (select --reference source)")
     args = ap.parse_args()
 
-    import torch
-
-    from damnet.data import TileSet
     from damnet.evaluate import evaluate
     from damnet.select import score_region, select
 
     plan = ablation.Plan(adapt=ablation._overrides(args.adapt_set),
-                         finetune=ablation._overrides(args.finetune_set))
-    work = Path(args.work) / "full"
-    cache = ablation.adapted_cache(work, plan, args.style)
-    if not cache.exists():
-        raise SystemExit(f"{cache} is missing: run bench/ablation.py --styles {args.style} --upto adapt "
-                         "with the same --adapt-set options first")
-    pool_seed, test_seed = ablation.region_seeds(args.style)
-    source = TileSet(ablation._region(work, "source", "source", plan.source_scenes, plan, 0))
-    pool = TileSet(ablation._region(work, f"{args.style}-pool", args.style, plan.target_scenes, plan, pool_seed))
-    test = TileSet(ablation._region(work, f"{args.style}-test", args.style, plan.test_scenes, plan, test_seed))
-    unlabelled = pool.subset(range(len(pool)), labels=None)
-    adapted, _ = ablation._source_model(work, plan, source)
-    state = torch.load(cache, weights_only=True)
-    adapted.load_state_dict(state["model"])
-    scores = score_region(adapted, pool, batch_size=8, progress=False)
+                         finetune=ablation._overrides(args.finetune_set),
+                         reference=args.reference)
+    pair = ablation.cached_pair(Path(args.work) / "full", plan, args.style)
+    scores = score_region(pair.adapted, pair.pool, batch_size=8, progress=False,
+                          reference=pair.src_model if plan.reference else None)
 
     for variant in args.variant:
         name, _, rest = variant.partition(":")
@@ -72,9 +61,9 @@ def main() -> None:
         for seed in range(args.seeds):
             t = time.time()
             sel = select(scores, args.budget, method, audit=1, seed=seed)
-            model = ablation.mlft_model(plan, adapted, state["disc"], source, pool, unlabelled, sel.train,
-                                        seed, steps, **overrides)
-            m = evaluate(model, test, batch_size=8).as_dict()
+            model = ablation.mlft_model(plan, pair.adapted, pair.disc_state, pair.source, pair.pool,
+                                        pair.unlabelled, sel.train, seed, steps, **overrides)
+            m = evaluate(model, pair.test, batch_size=8).as_dict()
             runs.append((m, time.time() - t))
             print(f"[{name}] seed {seed}: F1 {100 * m['f1']:.1f} P {100 * m['precision']:.1f} "
                   f"R {100 * m['recall']:.1f} ({runs[-1][1]:.0f} s)", flush=True)

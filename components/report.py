@@ -135,7 +135,9 @@ def _selection(records: dict, max_tiles: int) -> str:
                 pics = (_img(storage.join(images, f"{tile_id}_pre.png"), "", "pre")
                         + _img(storage.join(images, f"{tile_id}_post.png"), "", "post"))
             cards.append(f'<div class="tile">{pics}<br><b>{html.escape(tile_id)}</b> ({set_name})<br>'
-                         f'uncertainty {s["entropy"]:.3f}, predicted change {s["change_fraction"]:.1%}</div>')
+                         f'uncertainty {s["entropy"]:.3f}, predicted change {s["change_fraction"]:.1%}'
+                         + (f', disagreement {s["disagreement"]:.3f}' if s.get("disagreement") is not None else "")
+                         + "</div>")
     out.append('<div class="tiles">' + "".join(cards) + "</div>")
     return "".join(out)
 

@@ -1,7 +1,11 @@
 """Pick the micro-label set (a label budget of the region's tiles) and a random audit set.
 
-Inputs: the adapted model and the region's tiles. Outputs: selection.json (train and audit
-tile ids, every tile's scores), scores.csv and a plot of where the picks fall.
+Inputs: the adapted model, the region's tiles and, with ``--reference source``, the source
+model the region was adapted from, whose disagreement with the adapted model points the
+``combined`` selector at changes adaptation made the model blind to (damnet/select.py; off by
+default: it helped one benchmark row and cost others, docs/benchmarks.md, fifth run).
+Outputs: selection.json (train and audit tile ids, every tile's scores), scores.csv and a plot
+of where the picks fall.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tiles to label: a share of the region (< 1) or a count (>= 1)")
     p.add_argument("--audit", type=budget, default=0.01, help="audit tiles: share (< 1) or count")
     p.add_argument("--selector", choices=SELECTORS, default="combined")
+    p.add_argument("--reference", choices=("none", "source"), default="none",
+                   help="second opinion for the scores: none (the adapted model's uncertainty alone) or "
+                   "the source model adapt started from (their disagreement joins the combined selector)")
     p.add_argument("--mc-samples", type=int, default=0, help="MC-dropout passes (mutual_info)")
     p.add_argument("--max-label-share", type=fraction, default=0.01,
                    help="refuse a budget above this share of the region's tiles")
@@ -48,6 +55,8 @@ def run(args: argparse.Namespace) -> None:
     adapt = upstream(layout, "adapt")
     inputs = {"tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]},
               "model": {"uri": adapt["outputs"]["model"], "digest": adapt["key"]}}
+    if args.reference == "source":
+        inputs["reference"] = adapt["inputs"]["source_model"]
     params = {"budget": args.budget, "audit": args.audit, "selector": args.selector,
               "mc_samples": args.mc_samples, "seed": args.seed}
     n = budget_count(args.budget, len(tiles))
@@ -57,15 +66,18 @@ def run(args: argparse.Namespace) -> None:
 
     def body(run):
         model, _ = registry.load_model(adapt["outputs"]["model"])
-        scores = score_region(model, tiles, mc_samples=args.mc_samples, device=args.device)
+        reference = registry.load_model(inputs["reference"]["uri"])[0] if "reference" in inputs else None
+        scores = score_region(model, tiles, mc_samples=args.mc_samples, device=args.device,
+                              reference=reference)
         sel = select(scores, args.budget, args.selector, audit=args.audit, seed=args.seed)
         write_json(run.path("selection.json"), sel.to_dict())
-        lines = ["tile_id,set,entropy,margin,mutual_info,change_fraction"]
+        lines = ["tile_id,set,entropy,margin,mutual_info,change_fraction,disagreement"]
         sets = {t: "train" for t in sel.train} | {t: "audit" for t in sel.audit}
         for t, s in sel.scores.items():
             lines.append(f"{t},{sets.get(t, '')},{s['entropy']:.6f},{s['margin']:.6f},"
                          f"{'' if s['mutual_info'] is None else round(s['mutual_info'], 6)},"
-                         f"{s['change_fraction']:.6f}")
+                         f"{s['change_fraction']:.6f},"
+                         f"{'' if s['disagreement'] is None else round(s['disagreement'], 6)}")
         storage.storage_for(run.out).put_text(run.path("scores.csv"), "\n".join(lines) + "\n")
         plot_selection(sel, run.path("selection.png"))
         run.outputs.update(selection=run.path("selection.json"), scores=run.path("scores.csv"),
@@ -92,8 +104,14 @@ def plot_selection(sel, uri: str) -> None:
     ids = list(sel.scores)
     x = [sel.scores[t]["change_fraction"] for t in ids]
     y = [sel.scores[t]["entropy"] for t in ids]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.scatter(x, y, s=8, c="#bbbbbb", label="tiles")
+    dis = [sel.scores[t].get("disagreement") for t in ids]
+    fig, ax = plt.subplots(figsize=(6.5 if None not in dis else 6, 4), dpi=100)
+    if None in dis:
+        ax.scatter(x, y, s=8, c="#bbbbbb", label="tiles")
+    else:  # shade the tiles by how much the source model disputes the adapted one
+        dots = ax.scatter(x, y, s=9, c=dis, cmap="Greys", vmin=0, edgecolors="#999999", linewidths=0.3,
+                          label="tiles")
+        fig.colorbar(dots, ax=ax, label="disagreement with the source model")
     for group, color, label in ((sel.train, "#d62728", "micro-label set"), (sel.audit, "#1f77b4", "audit set")):
         ax.scatter([sel.scores[t]["change_fraction"] for t in group],
                    [sel.scores[t]["entropy"] for t in group], s=30, c=color, label=label)

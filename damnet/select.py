@@ -3,7 +3,9 @@
 :func:`score_region` streams a region through the adapted model once (batch by batch, so
 memory does not grow with the number of tiles beyond a few numbers per tile) and keeps, per
 tile: entropy, margin and (with MC dropout) mutual-information uncertainty, the predicted
-change share, and a pooled descriptor for diversity. :func:`select` then draws a random,
+change share, a pooled descriptor for diversity and, given a ``reference`` model (the
+source model the region was adapted from), how much the two models disagree. :func:`select`
+then draws a random,
 stratified **audit** set first (evaluation only, never trained on) and picks the label
 budget from the rest with one of the :data:`SELECTORS`.
 
@@ -18,6 +20,14 @@ when those tiles hold no change: uncertainty alone, or typicality, picked such t
 benchmark), spreads the picks over the feature space (priority-weighted k-center), and
 keeps ``low_change_share`` of the budget for tiles with little predicted change, which
 teach what is *not* change in this region.
+
+Committee disagreement: adaptation can make the model *confidently* blind to a kind of
+change the source model still saw (in our season benchmark, roofs of the same colour as the
+bare soil they were built on: the source model found 66 % of their pixels, the adapted one
+36 %, with low entropy; bench/misses.py). Uncertainty cannot point at such tiles; the
+disagreement between the source and the adapted model can. With scores from :func:`score_region` given a
+``reference``, ``combined`` draws its candidates from the tiles most uncertain *or* most
+disputed, and ranks them by disagreement as well (docs/benchmarks.md, fifth run).
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ class TileScores:
     mutual_info: np.ndarray | None
     change_fraction: np.ndarray  #: predicted share of changed pixels
     features: np.ndarray  #: (N, D) pooled encoder/fusion descriptors, L2-normalised
+    #: mean |p_reference - p_model| of change over valid pixels (None: no reference model)
+    disagreement: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.tile_ids)
@@ -69,13 +81,20 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score_region(model: ChangeNet, tiles: TileSet, batch_size: int = 8, mc_samples: int = 0,
                  top_fraction: float = 0.02, device: str = "auto",
-                 progress: bool | None = None) -> TileScores:
-    """Score every tile of ``tiles`` in one streamed pass (plus ``mc_samples`` dropout passes)."""
+                 progress: bool | None = None, reference: ChangeNet | None = None) -> TileScores:
+    """Score every tile of ``tiles`` in one streamed pass (plus ``mc_samples`` dropout passes).
+
+    ``reference``: a second model (the source model ``model`` was adapted from) run on the
+    same batches; its disagreement with ``model`` is kept per tile.
+    """
     from tqdm.auto import tqdm
 
     dev = resolve_device(device)
     model.to(dev).eval()
-    out: dict[str, list] = {"entropy": [], "margin": [], "mi": [], "change": [], "feat": []}
+    if reference is not None:
+        reference.to(dev).eval()
+    out: dict[str, list] = {"entropy": [], "margin": [], "mi": [], "change": [], "feat": [],
+                            "dis": []}
     batches = tiles.iter_batches(batch_size)
     for b in tqdm(batches, total=-(-len(tiles) // batch_size), desc="score tiles", unit="batch",
                   leave=False, disable=None if progress is None else not progress):
@@ -88,6 +107,10 @@ def score_region(model: ChangeNet, tiles: TileSet, batch_size: int = 8, mc_sampl
                                                 top_fraction))
         out["change"].append(((pc >= 0.5) & valid).float().mean((1, 2)))
         out["feat"].append(torch.nn.functional.normalize(pooled.float(), dim=1))
+        if reference is not None:
+            p_ref = reference(b.pre, b.post).float().softmax(1)[:, 1]
+            out["dis"].append(((p_ref - pc).abs() * valid).sum((1, 2))
+                              / valid.sum((1, 2)).clamp_min(1))
         if mc_samples > 0:
             model.dropout.train()  # MC dropout: only the classifier dropout is stochastic
             samples = torch.stack([model(b.pre, b.post).float().softmax(1)
@@ -98,7 +121,7 @@ def score_region(model: ChangeNet, tiles: TileSet, batch_size: int = 8, mc_sampl
             out["mi"].append(reduce_uncertainty(mi.clamp_min(0), mean[:, 1], valid, top_fraction))
     cat = lambda k: torch.cat(out[k]).cpu().numpy() if out[k] else None  # noqa: E731
     return TileScores(tiles.ids, cat("entropy"), cat("margin"), cat("mi"), cat("change"),
-                      cat("feat"))
+                      cat("feat"), cat("dis"))
 
 
 def budget_count(budget: float | int, n_tiles: int) -> int:
@@ -175,7 +198,7 @@ class Selection:
     budget: int
     train: list[str]  #: tiles to label for fine-tuning
     audit: list[str]  #: tiles to label for evaluation only
-    scores: dict  #: tile id -> {entropy, margin, mutual_info, change_fraction}
+    scores: dict  #: tile id -> {entropy, margin, mutual_info, change_fraction, disagreement}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,12 +233,16 @@ def select(scores: TileScores, budget: float | int = DEFAULT_BUDGET, method: str
         picked = top(unc[method], pool, n)
     elif method == "kcenter":
         picked = kcenter_greedy(scores.features, pool, n, first=int(rng.choice(pool)))
-    else:  # combined: uncertain tiles with much predicted change, diverse, plus quiet tiles
+    else:  # combined: uncertain (or disputed) tiles with much predicted change, diverse, plus quiet tiles
         n_low = int(round(low_change_share * n)) if n > 1 else 0
         n_unc = n - n_low
         k_cand = max(pool_factor * n_unc, int(np.ceil(candidate_share * len(pool))))
-        candidates = np.array(top(scores.entropy, pool, k_cand))
+        interest = scores.entropy
         priority = _rank(scores.entropy) + _rank(scores.change_fraction)
+        if scores.disagreement is not None:
+            interest = np.maximum(_rank(scores.entropy), _rank(scores.disagreement))
+            priority = priority + _rank(scores.disagreement)
+        candidates = np.array(top(interest, pool, k_cand))
         picked = informative_diverse(scores.features, candidates, priority, n_unc)
         quiet = np.array([i for i in pool if scores.change_fraction[i] < low_change_threshold
                           and i not in picked], dtype=int)
@@ -226,7 +253,8 @@ def select(scores: TileScores, budget: float | int = DEFAULT_BUDGET, method: str
     table = {
         ids[i]: {"entropy": float(scores.entropy[i]), "margin": float(scores.margin[i]),
                  "mutual_info": None if scores.mutual_info is None else float(scores.mutual_info[i]),
-                 "change_fraction": float(scores.change_fraction[i])}
+                 "change_fraction": float(scores.change_fraction[i]),
+                 "disagreement": None if scores.disagreement is None else float(scores.disagreement[i])}
         for i in range(n_all)
     }
     return Selection(method, n, [ids[i] for i in picked], [ids[i] for i in audit_idx], table)

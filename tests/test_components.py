@@ -34,7 +34,8 @@ def region(tmp_path_factory):
                      ["train", *s, "--steps", "20", *TINY],
                      ["ingest", *r, "--tile-size", "64"],
                      ["adapt", *r, "--steps", "6", *TINY],
-                     ["select", *r, "--budget", "2", "--audit", "4", "--max-label-share", "0.5"],
+                     ["select", *r, "--budget", "2", "--audit", "4", "--max-label-share", "0.5",
+                      "--reference", "source"],
                      ["export-labels", *r]):
             assert main(argv) == 0, argv
         yield {"root": root, "store": store, "args": r, "truth": root / "truth" / "label", "mp": mp}
@@ -57,6 +58,17 @@ def test_export_holds_tasks_for_train_and_audit_tiles_with_metadata(region):
         assert len(d["bounds"]) == 4 and d["crs"].startswith("EPSG:")
         assert (Path(rec["outputs"]["export"]) / d["pre"]).exists()
     assert "<BrushLabels" in Path(rec["outputs"]["label_config"]).read_text()
+
+
+def test_select_asks_the_source_model_for_a_second_opinion(region):
+    """With --reference source, the select step also asks the source model adapt started from."""
+    rec = record(region, "select")
+    assert rec["inputs"]["reference"] == record(region, "adapt")["inputs"]["source_model"]
+    scores = json.loads(Path(rec["outputs"]["selection"]).read_text())["scores"]
+    dis = [s["disagreement"] for s in scores.values()]
+    assert all(0 <= d <= 1 for d in dis) and max(dis) > 0  # 6 adversarial steps moved the model
+    lines = Path(rec["outputs"]["scores"]).read_text().splitlines()
+    assert lines[0].endswith(",disagreement") and all(line.split(",")[-1] for line in lines[1:])
 
 
 def test_select_refuses_a_budget_above_the_label_share(region, capsys):

@@ -89,6 +89,39 @@ def test_combined_keeps_some_quiet_tiles():
     assert sum(by_id[t] < 0.01 for t in sel.train) == 2
 
 
+def test_combined_reaches_tiles_the_adapted_model_is_sure_of_but_the_source_model_disputes():
+    scores = _scores()
+    n = len(scores)
+    scores.entropy = np.linspace(0.2, 0.8, n)  # the last tiles look most uncertain ...
+    scores.change_fraction = np.linspace(0.04, 0.0, n)  # ... and quiet
+    disputed = [5, 17, 42]  # confident tiles with much change, where the two models disagree
+    scores.change_fraction[disputed] = 0.1
+    scores.features = np.tile(np.r_[1.0, 1.0, 1.0, 0, 0] / np.sqrt(3), (n, 1))
+    scores.features[disputed] = np.eye(3, 5)  # unlike the rest and each other
+    before = select(scores, 3, "combined", audit=1, low_change_share=0)
+    assert not {scores.tile_ids[i] for i in disputed} & set(before.train)
+    scores.disagreement = 0.02 + 0.01 * np.sin(np.arange(n))
+    scores.disagreement[disputed] = 0.3
+    after = select(scores, 3, "combined", audit=1, low_change_share=0)
+    assert set(after.train) == {scores.tile_ids[i] for i in disputed}
+    assert after.audit == before.audit
+    assert after.scores[scores.tile_ids[5]]["disagreement"] == pytest.approx(0.3)
+    assert before.scores[scores.tile_ids[5]]["disagreement"] is None
+
+
+def test_disagreement_is_zero_against_itself_and_absent_without_a_reference(tiny_regions):
+    torch.manual_seed(0)
+    small = TileSet(tiny_regions["source"])
+    cfg = dict(dims=(16, 32, 64, 128), decoder_dim=16)
+    model, other = ChangeNet(preset("tiny", **cfg)), ChangeNet(preset("tiny", **cfg))
+    assert score_region(model, small, batch_size=4, progress=False).disagreement is None
+    same = score_region(model, small, batch_size=4, progress=False, reference=model)
+    assert same.disagreement.shape == (len(small),) and np.allclose(same.disagreement, 0, atol=1e-6)
+    diff = score_region(model, small, batch_size=4, progress=False, reference=other)
+    assert (diff.disagreement > 0).all() and (diff.disagreement <= 1).all()
+    assert np.allclose(diff.entropy, same.entropy)  # the reference changes no other score
+
+
 def test_mutual_info_needs_mc_scores():
     with pytest.raises(ValueError, match="mc_samples"):
         select(_scores(mi=False), 2, "mutual_info")
