@@ -209,6 +209,11 @@ class SyntheticScene:
     style: DomainStyle
     seed: int
     info: dict
+    #: (H, W) int32: 0 outside changed buildings, k inside ``changed[k - 1]``'s footprint
+    changes: np.ndarray | None = None
+    #: each changed building: ``state`` (new / demolished), ``roof`` (index into the style's
+    #: roof palette), ``gable``, ``size_m`` - what a miss analysis groups by (bench/misses.py)
+    changed: list[dict] = field(default_factory=list)
 
 
 def get_style(name: str) -> DomainStyle:
@@ -375,7 +380,8 @@ def _layout(style: DomainStyle, rng: np.random.Generator, x0: float, y0: float, 
                         state = "empty"
                     if state == "empty" and rng.random() < style.new_building_rate:
                         state = "new"
-                    colour = np.array(style.roof_palette[rng.integers(len(style.roof_palette))])
+                    roof = int(rng.integers(len(style.roof_palette)))
+                    colour = np.array(style.roof_palette[roof])
                     lots.append(
                         {
                             "centre": p + rng.normal(0, 0.8, 2),
@@ -384,6 +390,7 @@ def _layout(style: DomainStyle, rng: np.random.Generator, x0: float, y0: float, 
                             "height": rng.uniform(*style.building_height),
                             "gable": rng.random() < style.gable_share,
                             "colour": np.clip(colour * rng.uniform(0.88, 1.12, 3), 0, 1),
+                            "roof": roof,
                             "state": state,
                         }
                     )
@@ -578,7 +585,8 @@ def generate_scene(style: DomainStyle | str, size: int = 512, seed: int = 0) -> 
         images.append(_quantise(img, r))
 
     footprints = [_rect(*b["centre"], *b["size"], b["angle"]) for b in changed]
-    label = (_burn(footprints, shape, transform) > 0).astype(np.uint8)
+    changes = _burn(footprints, shape, transform)
+    label = (changes > 0).astype(np.uint8)
     info = {
         "buildings_pre": len(before),
         "buildings_post": len(after),
@@ -587,8 +595,10 @@ def generate_scene(style: DomainStyle | str, size: int = 512, seed: int = 0) -> 
         "change_fraction": float(label.mean()),
         "misregistration_px": [float(s) for s in shift],
     }
+    changed_info = [{"state": b["state"], "roof": b["roof"], "gable": bool(b["gable"]),
+                     "size_m": [float(v) for v in b["size"]]} for b in changed]
     return SyntheticScene(images[0], images[1], label, transform, CRS.from_string(style.crs),
-                          style, seed, info)
+                          style, seed, info, changes.astype(np.int32), changed_info)
 
 
 def write_geotiff(uri: str, array: np.ndarray, transform: Affine, crs: CRS, **profile) -> None:

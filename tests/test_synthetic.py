@@ -44,6 +44,20 @@ def test_scene_shapes_and_label_values(style, scenes):
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))
+def test_each_changed_building_is_described_where_the_label_is(style, scenes):
+    """The per-building ground truth a miss analysis groups by agrees with the label."""
+    s = scenes[style]
+    assert np.array_equal(s.changes > 0, s.label == 1)
+    assert len(s.changed) == s.info["built"] + s.info["demolished"] and s.changes.max() <= len(s.changed)
+    assert {b["state"] for b in s.changed} <= {"new", "demolished"}
+    assert all(0 <= b["roof"] < len(STYLES[style].roof_palette) for b in s.changed)
+    # the largest changed building covers about its footprint in pixels
+    k = int(np.bincount(s.changes.ravel())[1:].argmax()) + 1
+    length, width = s.changed[k - 1]["size_m"]
+    assert 0.7 < (s.changes == k).sum() * STYLES[style].gsd ** 2 / (length * width) < 1.15
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
 def test_label_marks_where_the_images_really_differ(style):
     s = generate_scene(style, size=384, seed=3)
     pre = s.pre.astype(np.float32)

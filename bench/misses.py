@@ -1,0 +1,126 @@
+"""Which changes a model misses: recall of changed buildings by roof colour, on a synthetic test region.
+
+    .venv/bin/python bench/misses.py --style target_season \\
+        --adapt-set restyle=0.5 --adapt-set match_gsd=true --adapt-set lambda_adv=0.01 \\
+        --finetune-set restyle=0.5 --finetune-set match_gsd=true
+
+Models: the source model, the adapted one (both cached by ``bench/ablation.py`` with the same
+``--adapt-set``; run ``bench/ablation.py --styles STYLE --upto adapt ...`` first), MLFT with our
+selector at ``--budget`` scored with and without the source model's second opinion, and the
+10 %-label row, each trained for ``--seeds`` seeds. The synthetic generator knows every changed
+building (its roof colour, new or demolished), so the test region's change pixels are split by
+that and each model's recall is given per group (pixels predicted as change / pixels of the group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import ablation  # noqa: E402
+
+
+def scene_maps(model, tiles, size: int) -> dict[str, np.ndarray]:
+    """Predicted change (bool) of every scene of ``tiles``, put together from its tiles."""
+    import torch
+
+    from damnet.evaluate import change_probability
+
+    model.eval()
+    out: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for b in tiles.iter_batches(8):
+            prob = change_probability(model, b.pre, b.post).numpy()
+            for j, i in enumerate(b.index.tolist()):
+                t, w = tiles.tiles[i], tiles.tiles[i]["window"]
+                scene = out.setdefault(t["pair"], np.zeros((size, size), bool))
+                scene[w["row_off"]:w["row_off"] + w["height"], w["col_off"]:w["col_off"] + w["width"]] = (
+                    prob[j, :w["height"], :w["width"]] >= 0.5)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--style", required=True, choices=sorted(ablation.POOL_SEEDS))
+    ap.add_argument("--budget", type=float, default=0.01)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--work", default="runs/bench")
+    ap.add_argument("--adapt-set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+
+    from damnet.select import score_region, select
+    from damnet.synthetic import generate_scene, get_style
+
+    plan = ablation.Plan(adapt=ablation._overrides(args.adapt_set),
+                         finetune=ablation._overrides(args.finetune_set))
+    pair = ablation.cached_pair(Path(args.work) / "full", plan, args.style)
+    style = get_style(args.style)
+    _, test_seed = ablation.region_seeds(args.style)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    models = {"source only": [pair.src_model], "adaptation": [pair.adapted]}
+    for label, reference in (("MLFT ours, uncertainty only", None), ("MLFT ours, + source opinion", pair.src_model)):
+        scores = score_region(pair.adapted, pair.pool, batch_size=8, progress=False, reference=reference)
+        models[label] = []
+        for seed in range(args.seeds):
+            sel = select(scores, args.budget, "combined", audit=1, seed=seed)
+            log(f"{label}, seed {seed}: {', '.join(sel.train)}")
+            models[label].append(ablation.mlft_model(plan, pair.adapted, pair.disc_state, pair.source, pair.pool,
+                                                     pair.unlabelled, sel.train, seed))
+    models["10 % labels"] = [ablation.ten_percent_model(plan, pair.src_model, pair.source, pair.pool, seed)
+                             for seed in range(args.seeds)]
+    log("models trained")
+
+    hits: dict[str, dict] = {name: defaultdict(list) for name in models}  # name -> group -> [hits per seed]
+    pixels: dict = defaultdict(int)
+    buildings: dict = defaultdict(int)
+    preds = {name: [scene_maps(m, pair.test, plan.scene) for m in ms] for name, ms in models.items()}
+    for i in range(plan.test_scenes):
+        scene = generate_scene(style, size=plan.scene, seed=test_seed * 1000 + i)
+        name = f"scene_{i:03d}"
+        group = [None] + [(b["state"], b["roof"]) for b in scene.changed]
+        for k, n in enumerate(np.bincount(scene.changes.ravel(), minlength=len(group))[1:], start=1):
+            pixels[group[k]] += int(n)
+            buildings[group[k]] += int(n > 0)
+        for model_name, per_seed in preds.items():
+            for s, pred in enumerate(per_seed):
+                counts = np.bincount(scene.changes[pred[name]], minlength=len(group))
+                for k in range(1, len(group)):
+                    h = hits[model_name][group[k]]
+                    while len(h) <= s:
+                        h.append(0)
+                    h[s] += int(counts[k])
+
+    names = list(models)
+    print(f"Recall (%) of changed-building pixels by roof colour, source -> {args.style} test region "
+          f"({plan.test_scenes} scenes), MLFT budget {args.budget:g}, mean of {args.seeds} seed(s)\n")
+    print("| change | roof colour (RGB) | buildings | pixels | " + " | ".join(names) + " |")
+    print("|---|---|---|---|" + "---|" * len(names))
+    total = sum(pixels.values())
+    for key in sorted(pixels, key=lambda g: (g[0] != "new", g[1])):
+        if not pixels[key]:
+            continue
+        rgb = "/".join(f"{v:.2f}" for v in style.roof_palette[key[1]])
+        cells = [f"{100 * statistics.mean(hits[n][key]) / pixels[key]:.1f}" for n in names]
+        print(f"| {key[0]} | {key[1]}: {rgb} | {buildings[key]} | {pixels[key]} | " + " | ".join(cells) + " |")
+    cells = [f"{100 * statistics.mean(sum(h[s] for h in hits[n].values()) for s in range(len(models[n]))) / total:.1f}"
+             for n in names]
+    print(f"| all | | {sum(buildings.values())} | {total} | " + " | ".join(cells) + " |")
+    soil = "/".join(f"{v:.2f}" for v in style.soil_rgb)
+    print(f"\nBare soil of this style: {soil}.")
+
+
+if __name__ == "__main__":
+    main()
