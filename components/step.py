@@ -378,6 +378,18 @@ def step_lock(layout: Layout, name: str, run_group: str, break_lock: bool = Fals
     finally:
         if held() == mine:
             store.delete(uri)
+            if not storage.is_s3(uri):  # a run that stored nothing leaves no empty folders
+                _prune_empty(Path(uri).parent, Path(layout.store))
+
+
+def _prune_empty(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents below ``stop`` while they are empty."""
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): stop here
+            return
+        folder = folder.parent
 
 
 def run_step(name: str, args: argparse.Namespace, inputs: dict[str, dict], params: dict,
