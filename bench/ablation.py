@@ -169,6 +169,18 @@ class CachedPair:
     disc_state: dict
 
 
+def add_row_arguments(ap: argparse.ArgumentParser, seeds: int) -> None:
+    """The options of the scripts that look closer at one style's MLFT row (``cached_pair``)."""
+    ap.add_argument("--style", required=True, choices=sorted(POOL_SEEDS))
+    ap.add_argument("--budget", type=float, default=0.01, help="MLFT label budget (share of the pool)")
+    ap.add_argument("--seeds", type=int, default=seeds)
+    ap.add_argument("--work", default="runs/bench", help="the cache bench/ablation.py wrote")
+    ap.add_argument("--adapt-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="the --adapt-set options of the ablation run whose adapted model to use")
+    ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="TrainConfig overrides of the MLFT rows, as in the ablation")
+
+
 def cached_pair(work: Path, plan: Plan, style: str) -> CachedPair:
     cache = adapted_cache(work, plan, style)
     if not cache.exists():

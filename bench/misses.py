@@ -50,12 +50,7 @@ def scene_maps(model, tiles, size: int) -> dict[str, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--style", required=True, choices=sorted(ablation.POOL_SEEDS))
-    ap.add_argument("--budget", type=float, default=0.01)
-    ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--work", default="runs/bench")
-    ap.add_argument("--adapt-set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE")
+    ablation.add_row_arguments(ap, seeds=1)
     args = ap.parse_args()
 
     from damnet.select import score_region, select

@@ -29,12 +29,7 @@ import ablation  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--style", required=True, choices=sorted(ablation.POOL_SEEDS))
-    ap.add_argument("--budget", type=float, default=0.01)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--work", default="runs/bench")
-    ap.add_argument("--adapt-set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE")
+    ablation.add_row_arguments(ap, seeds=3)
     ap.add_argument("--variant", action="append", required=True, metavar="NAME:KEY=VALUE,...")
     ap.add_argument("--reference", action="store_true",
                     help="score with the source model's second opinion (select --reference source)")
