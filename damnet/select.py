@@ -25,9 +25,10 @@ Committee disagreement: adaptation can make the model *confidently* blind to a k
 change the source model still saw (in our season benchmark, roofs of the same colour as the
 bare soil they were built on: the source model found 66 % of their pixels, the adapted one
 36 %, with low entropy; bench/misses.py). Uncertainty cannot point at such tiles; the
-disagreement between the source and the adapted model can. With scores from :func:`score_region` given a
-``reference``, ``combined`` draws its candidates from the tiles most uncertain *or* most
-disputed, and ranks them by disagreement as well (docs/benchmarks.md, fifth run).
+disagreement between the source and the adapted model can. With scores from
+:func:`score_region` given a ``reference``, ``combined`` draws its candidates from the tiles
+most uncertain *or* most disputed, and ranks them by disagreement as well (opt-in; see
+docs/benchmarks.md, fifth run).
 """
 
 from __future__ import annotations
