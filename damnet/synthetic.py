@@ -598,7 +598,7 @@ def generate_scene(style: DomainStyle | str, size: int = 512, seed: int = 0) -> 
     changed_info = [{"state": b["state"], "roof": b["roof"], "gable": bool(b["gable"]),
                      "size_m": [float(v) for v in b["size"]]} for b in changed]
     return SyntheticScene(images[0], images[1], label, transform, CRS.from_string(style.crs),
-                          style, seed, info, changes.astype(np.int32), changed_info)
+                          style, seed, info, changes, changed_info)
 
 
 def write_geotiff(uri: str, array: np.ndarray, transform: Affine, crs: CRS, **profile) -> None:
