@@ -18,6 +18,7 @@ import argparse
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +32,17 @@ import ablation  # noqa: E402
 
 def scene_maps(model, tiles, size: int) -> dict[str, np.ndarray]:
     """Predicted change (bool) of every scene of ``tiles``, put together from its tiles."""
-    import torch
-
     from damnet.evaluate import change_probability
 
     model.eval()
     out: dict[str, np.ndarray] = {}
-    with torch.no_grad():
-        for b in tiles.iter_batches(8):
-            prob = change_probability(model, b.pre, b.post).numpy()
-            for j, i in enumerate(b.index.tolist()):
-                t, w = tiles.tiles[i], tiles.tiles[i]["window"]
-                scene = out.setdefault(t["pair"], np.zeros((size, size), bool))
-                scene[w["row_off"]:w["row_off"] + w["height"], w["col_off"]:w["col_off"] + w["width"]] = (
-                    prob[j, :w["height"], :w["width"]] >= 0.5)
+    for b in tiles.iter_batches(8):
+        prob = change_probability(model, b.pre, b.post).numpy()  # no_grad inside
+        for j, i in enumerate(b.index.tolist()):
+            t, w = tiles.tiles[i], tiles.tiles[i]["window"]
+            scene = out.setdefault(t["pair"], np.zeros((size, size), bool))
+            scene[w["row_off"]:w["row_off"] + w["height"], w["col_off"]:w["col_off"] + w["width"]] = (
+                prob[j, :w["height"], :w["width"]] >= 0.5)
     return out
 
 
@@ -66,8 +64,10 @@ def main() -> None:
         print(msg, file=sys.stderr, flush=True)
 
     models = {"source only": [pair.src_model], "adaptation": [pair.adapted]}
-    for label, reference in (("MLFT ours, uncertainty only", None), ("MLFT ours, + source opinion", pair.src_model)):
-        scores = score_region(pair.adapted, pair.pool, batch_size=8, progress=False, reference=reference)
+    # one scoring pass serves both: the reference only adds the disagreement column
+    disputed = score_region(pair.adapted, pair.pool, batch_size=8, progress=False, reference=pair.src_model)
+    for label, scores in (("MLFT ours, uncertainty only", replace(disputed, disagreement=None)),
+                          ("MLFT ours, + source opinion", disputed)):
         models[label] = []
         for seed in range(args.seeds):
             sel = select(scores, args.budget, "combined", audit=1, seed=seed)
@@ -78,12 +78,14 @@ def main() -> None:
                              for seed in range(args.seeds)]
     log("models trained")
 
-    hits: dict[str, dict] = {name: defaultdict(list) for name in models}  # name -> group -> [hits per seed]
+    scenes = [generate_scene(style, size=plan.scene, seed=test_seed * 1000 + i) for i in range(plan.test_scenes)]
+    groups = {(b["state"], b["roof"]) for scene in scenes for b in scene.changed}
+    # model name -> (state, roof) -> change pixels found, per seed
+    hits = {name: {g: [0] * len(ms) for g in groups} for name, ms in models.items()}
     pixels: dict = defaultdict(int)
     buildings: dict = defaultdict(int)
     preds = {name: [scene_maps(m, pair.test, plan.scene) for m in ms] for name, ms in models.items()}
-    for i in range(plan.test_scenes):
-        scene = generate_scene(style, size=plan.scene, seed=test_seed * 1000 + i)
+    for i, scene in enumerate(scenes):
         name = f"scene_{i:03d}"
         group = [None] + [(b["state"], b["roof"]) for b in scene.changed]
         for k, n in enumerate(np.bincount(scene.changes.ravel(), minlength=len(group))[1:], start=1):
@@ -93,10 +95,7 @@ def main() -> None:
             for s, pred in enumerate(per_seed):
                 counts = np.bincount(scene.changes[pred[name]], minlength=len(group))
                 for k in range(1, len(group)):
-                    h = hits[model_name][group[k]]
-                    while len(h) <= s:
-                        h.append(0)
-                    h[s] += int(counts[k])
+                    hits[model_name][group[k]][s] += int(counts[k])
 
     names = list(models)
     print(f"Recall (%) of changed-building pixels by roof colour, source -> {args.style} test region "
