@@ -56,7 +56,7 @@ def main() -> None:
 
     plan = ablation.Plan(adapt=ablation._overrides(args.adapt_set),
                          finetune=ablation._overrides(args.finetune_set))
-    pair = ablation.cached_pair(Path(args.work) / "full", plan, args.style)
+    pair = ablation.cached_pair(Path(args.work) / "full", plan, args.style, args.split)
     style = get_style(args.style)
     _, test_seed = ablation.region_seeds(args.style)
 

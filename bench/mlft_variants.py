@@ -6,10 +6,12 @@
         --variant "base:" --variant "lr3:lr=3e-4" --variant "s150:steps=150"
 
 Each variant is ``NAME:KEY=VALUE,...`` of TrainConfig overrides on top of ``--finetune-set``
-(``steps`` sets the MLFT steps, ``method`` the selector). It reads the data, source model and
+(``steps`` sets the MLFT steps, ``method`` the selector or ``ten_percent`` for the 10 % row,
+``select.KEY`` a keyword of ``damnet.select.select``). It reads the data, source model and
 adapted model that ``bench/ablation.py`` cached in ``--work`` with the same ``--adapt-set``
 (run ``bench/ablation.py --styles STYLE --upto adapt ...`` first) and prints test F1, precision
-and recall per seed and their mean. Exploratory: tuned on the test region, like the sweep.
+and recall per seed and their mean. Exploratory: try changes on ``--split val`` (a pool/test pair
+the published table does not use) and confirm on the test pair once.
 """
 
 from __future__ import annotations
@@ -41,27 +43,38 @@ def main() -> None:
     plan = ablation.Plan(adapt=ablation._overrides(args.adapt_set),
                          finetune=ablation._overrides(args.finetune_set),
                          reference=args.reference)
-    pair = ablation.cached_pair(Path(args.work) / "full", plan, args.style)
+    pair = ablation.cached_pair(Path(args.work) / "full", plan, args.style, args.split)
     scores = score_region(pair.adapted, pair.pool, batch_size=8, progress=False,
                           reference=pair.src_model if plan.reference else None)
 
+    done: dict[tuple, dict] = {}
     for variant in args.variant:
         name, _, rest = variant.partition(":")
         items = [kv for kv in rest.split(",") if kv]
-        own = ("steps=", "method=")  # not TrainConfig fields of the MLFT row
+        own = ("steps=", "method=", "select.")  # not TrainConfig fields of the MLFT row
         overrides = ablation._overrides([kv for kv in items if not kv.startswith(own)])
         extra = dict(kv.split("=", 1) for kv in items if kv.startswith(own))
+        select_kw = {k.removeprefix("select."): v for k, v in extra.items() if k.startswith("select.")}
         steps, method = int(extra.get("steps", plan.finetune_steps)), extra.get("method", "combined")
         runs = []
         for seed in range(args.seeds):
             t = time.time()
-            sel = select(scores, args.budget, method, audit=1, seed=seed)
-            model = ablation.mlft_model(plan, pair.adapted, pair.disc_state, pair.source, pair.pool,
-                                        pair.unlabelled, sel.train, seed, steps, **overrides)
-            m = evaluate(model, pair.test, batch_size=8).as_dict()
+            if method == "ten_percent":
+                picks = ("10 %",)
+            else:
+                picks = tuple(select(scores, args.budget, method, audit=1, seed=seed, **select_kw).train)
+            key = (picks, seed, steps, tuple(sorted(overrides.items())))
+            if key not in done:  # training is deterministic: the same picks give the same model
+                if method == "ten_percent":
+                    model = ablation.ten_percent_model(plan, pair.src_model, pair.source, pair.pool, seed)
+                else:
+                    model = ablation.mlft_model(plan, pair.adapted, pair.disc_state, pair.source, pair.pool,
+                                                pair.unlabelled, list(picks), seed, steps, **overrides)
+                done[key] = evaluate(model, pair.test, batch_size=8).as_dict()
+            m = done[key]
             runs.append((m, time.time() - t))
             print(f"[{name}] seed {seed}: F1 {100 * m['f1']:.1f} P {100 * m['precision']:.1f} "
-                  f"R {100 * m['recall']:.1f} ({runs[-1][1]:.0f} s)", flush=True)
+                  f"R {100 * m['recall']:.1f} ({runs[-1][1]:.0f} s) picks {', '.join(picks)}", flush=True)
         mean = {k: 100 * statistics.mean(m[k] for m, _ in runs) for k in ("f1", "precision", "recall")}
         print(f"[{name}] {args.style} {method} {args.budget:g}, {steps} steps, {overrides or 'as --finetune-set'}: "
               f"F1 {mean['f1']:.1f} P {mean['precision']:.1f} R {mean['recall']:.1f}, "
