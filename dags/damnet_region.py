@@ -35,6 +35,9 @@ params = {
     "audit": Param(0.01, type="number", exclusiveMinimum=0),
     "max_label_share": Param(0.01, type="number", exclusiveMinimum=0, maximum=1),
     "selector": Param("combined", type="string", enum=SELECTORS),
+    "reference": Param("none", type="string", enum=["none", "source"],
+                       description="source: the combined selector also asks the source model for a "
+                       "second opinion (tiles it disputes with the adapted model; see docs/benchmarks.md)"),
     "compute_profile": Param("cpu", type="string", enum=PROFILES),
     "tile_size": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32),
     "pretrain": Param(False, type="boolean", description="MAE-pretrain the encoder on both domains first"),
@@ -78,6 +81,7 @@ def damnet_region():
                       gpu=True, trigger_rule=TriggerRule.NONE_FAILED)
     select = step_task(S, "select", [*region, "--budget", "{{ params.label_budget }}",
                                      "--audit", "{{ params.audit }}", "--selector", "{{ params.selector }}",
+                                     "--reference", "{{ params.reference }}",
                                      "--max-label-share", "{{ params.max_label_share }}"])
     export = step_task(S, "export-labels", region)
 

@@ -95,11 +95,11 @@ def adapt(store: str, region: str, run_group: str, source_model: str, source_reg
 
 @dsl.container_component
 def select(store: str, region: str, run_group: str, budget: float, audit: float, selector: str,
-           max_label_share: float):
+           reference: str, max_label_share: float):
     """Pick the tiles to label (micro-label set) and the audit tiles."""
     return dsl.ContainerSpec(image=DEFAULT_IMAGE, command=["damnet"], args=[
         *_common("select", store, region, run_group), "--budget", budget, "--audit", audit,
-        "--selector", selector, "--max-label-share", max_label_share])
+        "--selector", selector, "--reference", reference, "--max-label-share", max_label_share])
 
 
 @dsl.container_component
@@ -193,6 +193,7 @@ def region_pipeline(
     audit: float = 0.01,
     max_label_share: float = 0.01,
     selector: str = "combined",
+    reference: str = "none",
     tile_size: int = 256,
     adapt_steps: int = 3000,
     restyle: float = 0.0,
@@ -213,6 +214,7 @@ def region_pipeline(
         audit: audit tiles: a share (< 1) or a count.
         max_label_share: refuse a budget above this share of the region's tiles.
         selector: random, entropy, margin, mutual_info, kcenter or combined.
+        reference: source: the combined selector also weighs the source model's disagreement; none: off.
         tile_size: tile size in pixels.
         adapt_steps: adaptation steps (on a GPU).
         restyle: share of source pairs given the region's band histograms (0: off); MLFT keeps it.
@@ -230,7 +232,7 @@ def region_pipeline(
                           restyle=restyle, match_gsd=match_gsd, lambda_adv=lambda_adv),
                     "adapt", image, gpu_image)
     t_select = _step(select(**common, budget=label_budget, audit=audit, selector=selector,
-                            max_label_share=max_label_share), "select", image, gpu_image)
+                            reference=reference, max_label_share=max_label_share), "select", image, gpu_image)
     t_export = _step(export_labels(**common), "export-labels", image, gpu_image)
     t_validate.after(t_ingest)
     t_adapt.after(t_validate)

@@ -109,7 +109,8 @@ def test_kubernetes_mode_refuses_a_store_the_pods_cannot_see(airflow_home, monke
 
 @pytest.mark.parametrize("conf, field", [({"region": "../x"}, "region"), ({"label_budget": 0}, "label_budget"),
                                          ({"selector": "best"}, "selector"), ({"imagery": "x; rm -rf /"}, "imagery"),
-                                         ({"restyle": 1.5}, "restyle"), ({"lambda_adv": -1}, "lambda_adv")])
+                                         ({"restyle": 1.5}, "restyle"), ({"lambda_adv": -1}, "lambda_adv"),
+                                         ({"reference": "oracle"}, "reference")])
 def test_a_bad_trigger_is_refused_by_param_validation(airflow_home, monkeypatch, conf, field):
     from airflow.sdk.exceptions import ParamValidationError
 

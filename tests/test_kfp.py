@@ -30,7 +30,8 @@ DUMMIES = {"region": "newtown", JOB_ID: "5b0c3f4e-0000-4000-8000-000000000001"}
 PARAMETERS = {
     "damnet-region": {
         "region": None, "imagery": "", "source_model": "models:/damnet-source@champion", "source_region": "source",
-        "label_budget": 0.003, "audit": 0.01, "max_label_share": 0.01, "selector": "combined", "tile_size": 256,
+        "label_budget": 0.003, "audit": 0.01, "max_label_share": 0.01, "selector": "combined", "reference": "none",
+        "tile_size": 256,
         "adapt_steps": 3000, "restyle": 0.0, "match_gsd": "no", "lambda_adv": 0.001,
         "store": "s3://damnet/store",
         "image": "ghcr.io/damnet-ops/damnet:0.1.0",
