@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from damnet.data import Stream, TileSet  # noqa: E402
 from damnet.evaluate import evaluate  # noqa: E402
@@ -37,7 +38,7 @@ from damnet.synthetic import write_region  # noqa: E402
 from damnet.tiling import TilingConfig, ingest  # noqa: E402
 from damnet.train import fit, mode_config  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = ROOT.parent / "shared" / "data"
 
 
 @dataclass
@@ -118,8 +119,26 @@ def style_regions(work: Path, plan: Plan, style: str, split: str = "test") -> tu
     return pool, test, label
 
 
+#: The code each cache depends on (files or folders under damnet/): a change to any of them
+#: starts that cache afresh. Regions follow the scene generator and the tiler; models also
+#: the engine and the network.
+DATA_CODE = ("synthetic.py", "tiling.py", "imagery.py")
+MODEL_CODE = (*DATA_CODE, "train.py", "data.py", "models")
+
+
+def code_key(*parts: str) -> str:
+    """A short digest of the named files/folders of damnet/ (all of it when none are named)."""
+    pkg = ROOT / "damnet"
+    files = sorted(f for part in (parts or ("",)) for f in
+                   ([pkg / part] if (pkg / part).is_file() else (pkg / part).rglob("*.py")))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def _region(work: Path, name: str, style: str, scenes: int, plan: Plan, seed: int) -> str:
-    out = work / "regions" / name
+    out = work / "regions" / f"{name}-{code_key(*DATA_CODE)}"
     if not (out / "manifest.json").exists():
         write_region(str(work / "raw" / name), style, n_scenes=scenes, size=plan.scene, seed=seed)
         ingest(str(work / "raw" / name), str(out), TilingConfig(size=plan.tile, require_labels=True))
@@ -144,7 +163,7 @@ def _stream(tiles, plan, name, seed=0):
 
 
 def _source_model(work: Path, plan: Plan, source: TileSet) -> tuple[ChangeNet, float]:
-    path = work / f"source-{plan.preset}-{plan.source_steps}.pt"
+    path = work / f"source-{plan.preset}-{plan.source_steps}-{code_key(*MODEL_CODE)}.pt"
     model = _model(plan)
     if path.exists():
         state = torch.load(path, weights_only=True)
@@ -165,7 +184,7 @@ def adapted_cache(work: Path, plan: Plan, label: str) -> Path:
     """Where the adapted model of ``label`` with this plan's adaptation settings is cached."""
     settings = mode_config("adapt", steps=plan.adapt_steps, batch_size=plan.batch, crop=plan.crop,
                            **adapt_overrides(plan)).to_dict()
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    key = hashlib.sha256((json.dumps(settings, sort_keys=True) + code_key(*MODEL_CODE)).encode()).hexdigest()[:10]
     return work / f"adapted-{label}-{plan.preset}-{plan.source_steps}-{key}.pt"
 
 
@@ -331,18 +350,11 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
 class _row_cache(dict):
     """Finished rows of one pair, kept on disk so an interrupted benchmark picks up where it was.
 
-    Keyed by the plan and the code of the selector and the training engine (its modes and
-    losses), so changed settings start afresh.
+    Keyed by the plan and all of damnet/'s code, so changed settings or code start afresh.
     """
 
     def __init__(self, work: Path, label: str, plan: Plan) -> None:
-        import inspect
-
-        import damnet.select
-        import damnet.train
-
-        key = hashlib.sha256((json.dumps(plan.__dict__, sort_keys=True) + inspect.getsource(damnet.select)
-                              + inspect.getsource(damnet.train)).encode()).hexdigest()[:12]
+        key = hashlib.sha256((json.dumps(plan.__dict__, sort_keys=True) + code_key()).encode()).hexdigest()[:12]
         self.path = work / f"rows-{label}-{key}.json"
         super().__init__()
         if self.path.exists():

@@ -44,7 +44,8 @@ def prepare(work: Path, styles: list[str], plan) -> None:
                  (str(work), f"{style}-test", style, plan.test_scenes, test_seed, plan)]
     with ProcessPoolExecutor(len(jobs)) as pool:
         list(pool.map(_make_region, jobs))
-    ablation._source_model(work, plan, TileSet(str(work / "regions" / "source")))
+    source = ablation._region(work, "source", "source", plan.source_scenes, plan, 0)  # made above
+    ablation._source_model(work, plan, TileSet(source))
 
 
 def main() -> None:
