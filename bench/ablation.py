@@ -8,7 +8,9 @@ with our selector at 0.3 % and 1 % of the target tiles; supervised fine-tuning w
 target labels; oracle (all target labels). Target metrics come from a held-out test region
 of the target style (never selected from, never trained on). Selector rows are averaged over
 seeds (mean +- standard deviation). Shared stages (data, source model, adapted model) are
-cached in --work, so a second run of another style reuses the source model.
+cached in --work, keyed by settings and by the damnet/ code they depend on, so a second run
+of another style reuses the source model. ``--split val`` runs each style's validation
+pool/test pair instead of the published one: try selector and MLFT changes there first.
 """
 
 from __future__ import annotations
