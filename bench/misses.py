@@ -58,7 +58,7 @@ def main() -> None:
                          finetune=ablation._overrides(args.finetune_set))
     pair = ablation.cached_pair(Path(args.work) / "full", plan, args.style, args.split)
     style = get_style(args.style)
-    _, test_seed = ablation.region_seeds(args.style)
+    _, test_seed = ablation.region_seeds(args.style, args.split)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

@@ -29,6 +29,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 import ablation  # noqa: E402
 
 
+def _number_or_text(value: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ablation.add_row_arguments(ap, seeds=3)
@@ -54,7 +63,8 @@ def main() -> None:
         own = ("steps=", "method=", "select.")  # not TrainConfig fields of the MLFT row
         overrides = ablation._overrides([kv for kv in items if not kv.startswith(own)])
         extra = dict(kv.split("=", 1) for kv in items if kv.startswith(own))
-        select_kw = {k.removeprefix("select."): v for k, v in extra.items() if k.startswith("select.")}
+        select_kw = {k.removeprefix("select."): _number_or_text(v) for k, v in extra.items()
+                     if k.startswith("select.")}
         steps, method = int(extra.get("steps", plan.finetune_steps)), extra.get("method", "combined")
         runs = []
         for seed in range(args.seeds):
