@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import platform
@@ -112,9 +113,14 @@ def region_seeds(style: str, split: str = "test") -> tuple[int, int]:
     return POOL_SEEDS[style] + pool_off, POOL_SEEDS[style] + test_off
 
 
+def split_label(style: str, split: str = "test") -> str:
+    """The name a style's ``split`` regions, cached models and result rows go by."""
+    return style if split == "test" else f"{style}-{split}"
+
+
 def style_regions(work: Path, plan: Plan, style: str, split: str = "test") -> tuple[TileSet, TileSet, str]:
-    """A style's (pool, test) regions of ``split`` and the label its cached models go by."""
-    label = style if split == "test" else f"{style}-{split}"
+    """A style's (pool, test) regions of ``split`` and its :func:`split_label`."""
+    label = split_label(style, split)
     pool_seed, test_seed = region_seeds(style, split)
     pool = TileSet(_region(work, f"{label}-pool", style, plan.target_scenes, plan, seed=pool_seed))
     test = TileSet(_region(work, f"{label}-test", style, plan.test_scenes, plan, seed=test_seed))
@@ -128,8 +134,11 @@ DATA_CODE = ("synthetic.py", "tiling.py", "imagery.py")
 MODEL_CODE = (*DATA_CODE, "train.py", "data.py", "models")
 
 
+@functools.cache
 def code_key(*parts: str) -> str:
-    """A short digest of the named files/folders of damnet/ (all of it when none are named)."""
+    """A short digest of the named files/folders of damnet/ (all of it when none are named).
+
+    Read once per process: the code a run imported is the code its caches are keyed by."""
     pkg = ROOT / "damnet"
     files = sorted(f for part in (parts or ("",)) for f in
                    ([pkg / part] if (pkg / part).is_file() else (pkg / part).rglob("*.py")))
@@ -219,8 +228,7 @@ def add_row_arguments(ap: argparse.ArgumentParser, seeds: int) -> None:
 
 
 def cached_pair(work: Path, plan: Plan, style: str, split: str = "test") -> CachedPair:
-    label = style if split == "test" else f"{style}-{split}"
-    cache = adapted_cache(work, plan, label)
+    cache = adapted_cache(work, plan, split_label(style, split))
     if not cache.exists():
         raise SystemExit(f"{cache} is missing: run bench/ablation.py --styles {style} --split {split} "
                          "--upto adapt with the same --adapt-set options first")
