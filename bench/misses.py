@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from damnet.select import score_region, select
-    from damnet.synthetic import generate_scene, get_style
+    from damnet.synthetic import generate_scene, get_style, scene_seed
 
     plan = ablation.Plan(adapt=ablation._overrides(args.adapt_set),
                          finetune=ablation._overrides(args.finetune_set))
@@ -78,7 +78,7 @@ def main() -> None:
                              for seed in range(args.seeds)]
     log("models trained")
 
-    scenes = [generate_scene(style, size=plan.scene, seed=test_seed * 1000 + i) for i in range(plan.test_scenes)]
+    scenes = [generate_scene(style, size=plan.scene, seed=scene_seed(test_seed, i)) for i in range(plan.test_scenes)]
     groups = {(b["state"], b["roof"]) for scene in scenes for b in scene.changed}
     # model name -> (state, roof) -> change pixels found, per seed
     hits = {name: {g: [0] * len(ms) for g in groups} for name, ms in models.items()}

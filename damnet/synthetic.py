@@ -622,6 +622,12 @@ def write_geotiff(uri: str, array: np.ndarray, transform: Affine, crs: CRS, **pr
         dst.write(array)
 
 
+def scene_seed(region_seed: int, index: int) -> int:
+    """The :func:`generate_scene` seed of scene ``index`` of a region written with
+    ``region_seed``: regions with different seeds never share a scene."""
+    return region_seed * 1000 + index
+
+
 def write_region(
     out_uri: str,
     style: DomainStyle | str,
@@ -636,8 +642,8 @@ def write_region(
 
     Labels go to ``labels_uri`` when given (ground truth kept apart from the imagery a
     pipeline sees), else to ``out_uri/label``. ``quicklook_uri`` gets a PNG of the first
-    scene. Scene ``i`` uses seed ``seed * 1000 + i``, so regions with different seeds never
-    share a scene. Returns the region description that is also written to ``region.json``.
+    scene. Scene ``i`` is ``generate_scene(style, size, scene_seed(seed, i))``. Returns the
+    region description that is also written to ``region.json``.
     """
     from tqdm.auto import tqdm
 
@@ -648,7 +654,7 @@ def write_region(
     bar = tqdm(range(n_scenes), desc=f"generate {style.name}", unit="scene",
                disable=None if progress is None else not progress)
     for i in bar:
-        scene = generate_scene(style, size=size, seed=seed * 1000 + i)
+        scene = generate_scene(style, size=size, seed=scene_seed(seed, i))
         name = f"scene_{i:03d}.tif"
         write_geotiff(storage.join(out_uri, "pre", name), scene.pre, scene.transform, scene.crs)
         write_geotiff(storage.join(out_uri, "post", name), scene.post, scene.transform, scene.crs)

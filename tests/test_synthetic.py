@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from scipy import ndimage
 
-from damnet.synthetic import SOURCE_STYLE, STYLES, TARGET_STYLES, generate_scene, write_region
+from damnet.synthetic import SOURCE_STYLE, STYLES, TARGET_STYLES, generate_scene, scene_seed, write_region
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,14 @@ def test_write_region_is_georeferenced_and_deterministic(tmp_path):
             assert set(np.unique(label.read(1))) <= {0, 255}
             assert np.array_equal(post_a.read(), post_b.read())
     assert (tmp_path / "ql.png").stat().st_size > 1000
+
+
+def test_written_scenes_can_be_regenerated_from_the_region_seed(tmp_path):
+    # bench/misses.py regenerates a written test region's scenes to know each changed building
+    region = write_region(str(tmp_path / "r"), "target_sensor", n_scenes=2, size=128, seed=7)
+    other = write_region(str(tmp_path / "o"), "target_sensor", n_scenes=1, size=128, seed=8)
+    for i, info in enumerate(region["scenes"]):
+        scene = generate_scene("target_sensor", size=128, seed=scene_seed(7, i))
+        with rasterio.open(tmp_path / "r" / "post" / info["name"]) as src:
+            assert np.array_equal(src.read(), scene.post)
+    assert other["scenes"][0] not in region["scenes"]
