@@ -1,6 +1,6 @@
 # Two entry points, both self-contained on a fresh machine with Python 3.11:
 #   make demo   set up .venv and run a whole region (the main job)
-#   make test   set up .venv and run lint + tests
+#   make test   set up .venv and run lint + tests (the slow end-to-end ones: make test-slow)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ LS_STAMP := $(LS_VENV)/.installed
 KFP_VENV ?= .venv-kfp
 KFP_STAMP := $(KFP_VENV)/.installed
 
-.PHONY: demo test lint install clean repro airflow
+.PHONY: demo test test-slow lint install clean repro airflow
 .DEFAULT_GOAL := demo
 
 $(STAMP): pyproject.toml
@@ -42,6 +42,11 @@ $(KFP_STAMP):
 test: $(STAMP) $(LS_STAMP) $(KFP_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The end-to-end runs marked slow (a region through both DAGs, dvc repro, S3 + mlflow server):
+# about 10 more minutes on 2 cores. CI runs them after `make test`.
+test-slow: $(STAMP) $(LS_STAMP) $(KFP_STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Airflow's own UI (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite)
 # with these DAGs and the demo's store and MLflow database: http://127.0.0.1:8080
