@@ -118,13 +118,19 @@ def split_label(style: str, split: str = "test") -> str:
     return style if split == "test" else f"{style}-{split}"
 
 
-def style_regions(work: Path, plan: Plan, style: str, split: str = "test") -> tuple[TileSet, TileSet, str]:
-    """A style's (pool, test) regions of ``split`` and its :func:`split_label`."""
+def region_specs(plan: Plan, style: str, split: str = "test") -> list[tuple[str, str, int, int]]:
+    """(name, style, scenes, seed) of a style's pool and test regions of ``split``."""
     label = split_label(style, split)
     pool_seed, test_seed = region_seeds(style, split)
-    pool = TileSet(_region(work, f"{label}-pool", style, plan.target_scenes, plan, seed=pool_seed))
-    test = TileSet(_region(work, f"{label}-test", style, plan.test_scenes, plan, seed=test_seed))
-    return pool, test, label
+    return [(f"{label}-pool", style, plan.target_scenes, pool_seed),
+            (f"{label}-test", style, plan.test_scenes, test_seed)]
+
+
+def style_regions(work: Path, plan: Plan, style: str, split: str = "test") -> tuple[TileSet, TileSet, str]:
+    """A style's (pool, test) regions of ``split`` and its :func:`split_label`."""
+    pool, test = (TileSet(_region(work, name, style, scenes, plan, seed=seed))
+                  for name, _, scenes, seed in region_specs(plan, style, split))
+    return pool, test, split_label(style, split)
 
 
 #: The code each cache depends on (files or folders under damnet/): a change to any of them

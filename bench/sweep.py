@@ -39,12 +39,9 @@ def prepare(work: Path, styles: list[str], plan) -> None:
 
     jobs = [(str(work), "source", "source", plan.source_scenes, 0, plan)]
     for style in styles:
-        pool_seed, test_seed = ablation.region_seeds(style)
-        jobs += [(str(work), f"{style}-pool", style, plan.target_scenes, pool_seed, plan),
-                 (str(work), f"{style}-test", style, plan.test_scenes, test_seed, plan)]
+        jobs += [(str(work), *spec, plan) for spec in ablation.region_specs(plan, style)]
     with ProcessPoolExecutor(len(jobs)) as pool:
-        list(pool.map(_make_region, jobs))
-    source = ablation._region(work, "source", "source", plan.source_scenes, plan, 0)  # made above
+        source, *_ = pool.map(_make_region, jobs)
     ablation._source_model(work, plan, TileSet(source))
 
 
