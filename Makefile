@@ -45,7 +45,7 @@ test: $(STAMP) $(LS_STAMP) $(KFP_STAMP)
 
 # The end-to-end runs marked slow (a region through both DAGs, dvc repro, S3 + mlflow server):
 # about 10 more minutes on 2 cores. CI runs them after `make test`.
-test-slow: $(STAMP) $(LS_STAMP) $(KFP_STAMP)
+test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Airflow's own UI (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite)
