@@ -11,7 +11,7 @@ import argparse
 
 from components.step import Layout, StepError, add_common_arguments, run_step, tree_digest
 from damnet import storage
-from damnet.imagery import parse_bands
+from damnet.imagery import DEFAULT_LABEL_THRESHOLD, parse_bands
 from damnet.tiling import MANIFEST, TilingConfig, ingest
 
 
@@ -21,7 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: STORE/imagery/REGION)")
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--overlap", type=int, default=0)
-    p.add_argument("--bands", default=None, help="1-based R,G,B bands of multi-band imagery")
+    p.add_argument("--bands", default=None,
+                   help="R,G,B bands of imagery with other than 3 bands: 1-based numbers "
+                   "(e.g. 3,2,1 for Sentinel-2 B02,B03,B04,B08 files) or band descriptions "
+                   "(e.g. B04,B03,B02)")
+    p.add_argument("--label-threshold", type=int, default=DEFAULT_LABEL_THRESHOLD,
+                   help="a label pixel is change when its value is above this (0..254; "
+                   "values on 0..255, 0/1 labels read as 0/255, colour labels by their "
+                   "largest component, transparent pixels as 0; default %(default)s)")
     p.add_argument("--require-labels", action="store_true")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad pairs with a warning line each instead of failing")
@@ -31,7 +38,7 @@ def config_from(args: argparse.Namespace) -> TilingConfig:
     try:
         return TilingConfig(size=args.tile_size, overlap=args.overlap,
                             bands=parse_bands(args.bands), require_labels=args.require_labels,
-                            skip_bad=args.skip_bad)
+                            skip_bad=args.skip_bad, label_threshold=args.label_threshold)
     except ValueError as exc:
         raise StepError(f"damnet ingest: {exc}") from None
 
@@ -41,7 +48,8 @@ def run(args: argparse.Namespace) -> None:
     imagery = storage.absolute(args.imagery) if args.imagery else layout.imagery
     config = config_from(args)
     params = {"tiling": {"size": config.size, "overlap": config.overlap, "bands": config.bands,
-                         "require_labels": config.require_labels, "skip_bad": config.skip_bad}}
+                         "require_labels": config.require_labels, "skip_bad": config.skip_bad,
+                         "label_threshold": config.label_threshold}}
     inputs = {"imagery": {"uri": imagery, "digest": tree_digest(imagery)}}
 
     def body(run):

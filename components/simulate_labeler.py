@@ -13,13 +13,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
 from components.step import Layout, StepError, add_common_arguments, read_json, upstream
 from components.training import tiles_of
 from damnet import labels, storage
-from damnet.imagery import IMAGE_SUFFIXES, label_to_binary
+from damnet.imagery import IMAGE_SUFFIXES, read_label_window
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,10 +36,8 @@ def truth_reader(truth_root: Path, tiles_by_id: dict):
         if path is None:
             raise StepError(f"{truth_root}: no ground-truth scene for pair {tile['pair']!r}")
         w = tile["window"]
-        with rasterio.open(path) as src:
-            raw = src.read(1, window=Window(w["col_off"], w["row_off"], w["width"], w["height"]),
-                           boundless=True, fill_value=0)
-        return label_to_binary(raw, path)
+        # Read like ingest reads labels (any mode, default label threshold), no change outside.
+        return read_label_window(path, Window(w["col_off"], w["row_off"], w["width"], w["height"]))
 
     return truth
 

@@ -6,25 +6,56 @@ under a limit, enough tiles. A failing region stops the pipeline with a short su
 the failing expectations; the Data Docs HTML is kept with the step's outputs and logged to
 MLflow either way. Also reports how far the region's pixel statistics are from the source
 region's (information, never a failure).
-Outputs: validation.json, tiles.csv, expectations.json, data_docs/index.html.
+Outputs: validation.json, tiles.csv, expectations.json, data_docs/index.html. Every run,
+passed or failed, also points ``STORE/regions/REGION/validate/latest.json`` at its report, so
+the region report can show a failed validation (which has no step record) with its reasons.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
-from components.step import Layout, StepError, add_common_arguments, log_artifacts, read_record, run_step, upstream
+from components.step import (
+    Layout,
+    StepError,
+    add_common_arguments,
+    fraction,
+    log_artifacts,
+    read_record,
+    run_step,
+    upstream,
+    write_json,
+)
+from damnet import storage
 from damnet.validation import ValidationConfig, ValidationFailed, validate_region
+
+#: The last validation's outcome, under the region's validate/ folder (see :func:`latest_uri`).
+LATEST = "latest.json"
+
+
+def latest_uri(layout: Layout) -> str:
+    """Where every validate run records its outcome and report, passed or failed."""
+    return storage.join(layout.region_uri, "validate", LATEST)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
     d = ValidationConfig()
     p.add_argument("--source-region", default="source", help="compare pixel statistics with this region")
-    p.add_argument("--min-tiles", type=int, default=d.min_tiles)
-    p.add_argument("--max-misregistration-px", type=float, default=d.max_misregistration_px)
-    p.add_argument("--max-nodata-fraction", type=float, default=d.max_nodata_fraction)
+    p.add_argument("--min-tiles", type=int, default=d.min_tiles, help="fewer tiles fail the region")
+    p.add_argument("--max-misregistration-px", type=float, default=d.max_misregistration_px,
+                   help="largest shift between the dates, in pixels, of a pair (fails) or a tile (see "
+                   "--tile-misregistration-severity)")
+    p.add_argument("--max-nodata-fraction", type=fraction, default=d.max_nodata_fraction,
+                   help="largest share of a tile's pixels (inside the scene) without data")
+    p.add_argument("--max-mean-nodata-fraction", type=fraction, default=d.max_mean_nodata_fraction,
+                   help="largest share of the region's pixels without data")
     p.add_argument("--mostly", type=float, default=d.mostly, help="share of tiles that must pass per-tile checks")
+    p.add_argument("--tile-misregistration-severity", choices=("warning", "critical"),
+                   default=d.tile_misregistration_severity,
+                   help="warning: tiles above --max-misregistration-px are reported; critical: they fail "
+                   "the region (a pair above it always fails)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -32,7 +63,9 @@ def run(args: argparse.Namespace) -> None:
     ingest = upstream(layout, "ingest")
     try:
         config = ValidationConfig(min_tiles=args.min_tiles, max_misregistration_px=args.max_misregistration_px,
-                                  max_nodata_fraction=args.max_nodata_fraction, mostly=args.mostly)
+                                  max_nodata_fraction=args.max_nodata_fraction,
+                                  max_mean_nodata_fraction=args.max_mean_nodata_fraction, mostly=args.mostly,
+                                  tile_misregistration_severity=args.tile_misregistration_severity)
     except ValueError as exc:
         raise StepError(f"damnet validate: {exc}") from None
     inputs = {"tiles": {"uri": ingest["outputs"]["tiles"], "digest": ingest["key"]}}
@@ -44,6 +77,9 @@ def run(args: argparse.Namespace) -> None:
     def body(run):
         report = validate_region(ingest["outputs"]["tiles"], run.out, config,
                                  source_uri=source["outputs"]["tiles"] if source else None)
+        write_json(latest_uri(layout), {
+            "success": report.success, "report": report.paths["report"], "data_docs": report.paths["data_docs"],
+            "key": run.key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         run.outputs.update(report=report.paths["report"], data_docs=report.paths["data_docs"],
                            tiles_csv=report.paths["tiles"])
         stats = {k: v for k, v in report.statistics.items() if isinstance(v, int | float)}

@@ -52,6 +52,24 @@ params = {
     "lambda_adv": Param(0.001, type="number", minimum=0, maximum=1,
                         description="weight of the adversarial term in adaptation (0.01 with restyle 0.5 "
                         "and match_gsd: the benchmark's best; fine-tuning keeps its own 0.001)"),
+    # Validation thresholds; defaults: those of damnet.validation.ValidationConfig (not imported
+    # here: parse time stays cheap). tests/test_dags.py keeps the two in step.
+    "max_misregistration_px": Param(4.0, type="number", exclusiveMinimum=0, section="Validation",
+                                    description="largest shift between the dates, in pixels: a pair above "
+                                    "it fails the region (pairs without enough evidence are reported, "
+                                    "not failed)"),
+    "tile_misregistration_severity": Param("warning", type="string", enum=["warning", "critical"],
+                                           section="Validation",
+                                           description="tiles above the misregistration limit: a warning, or "
+                                           "critical (fail the region too)"),
+    "max_nodata_fraction": Param(0.5, type="number", minimum=0, maximum=1, section="Validation",
+                                 description="largest share of a tile's pixels (inside the scene) without data"),
+    "max_mean_nodata_fraction": Param(0.25, type="number", minimum=0, maximum=1, section="Validation",
+                                      description="largest share of the region's pixels without data"),
+    "mostly": Param(0.95, type="number", exclusiveMinimum=0, maximum=1, section="Validation",
+                    description="share of tiles that must pass each per-tile check"),
+    "min_tiles": Param(4, type="integer", minimum=0, section="Validation",
+                       description="fewer tiles fail the region"),
 }
 
 ADAPT_STEPS = steps_template("adapt_steps", {"cpu-small": 60, "cpu": 150, "gpu": 3000})
@@ -63,7 +81,13 @@ def damnet_region():
     region = ["--region", "{{ params.region }}"]
     ingest = step_task(S, "ingest", [*region, "--imagery", "{{ params.imagery }}",
                                      "--tile-size", "{{ params.tile_size }}"])
-    validate = step_task(S, "validate", [*region, "--source-region", "{{ params.source_region }}"], retries=0)
+    validate = step_task(S, "validate", [
+        *region, "--source-region", "{{ params.source_region }}",
+        "--max-misregistration-px", "{{ params.max_misregistration_px }}",
+        "--tile-misregistration-severity", "{{ params.tile_misregistration_severity }}",
+        "--max-nodata-fraction", "{{ params.max_nodata_fraction }}",
+        "--max-mean-nodata-fraction", "{{ params.max_mean_nodata_fraction }}",
+        "--mostly", "{{ params.mostly }}", "--min-tiles", "{{ params.min_tiles }}"], retries=0)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def pretrain_enabled(**context) -> bool:

@@ -79,6 +79,7 @@ from rasterio.windows import Window
 
 from damnet import storage
 from damnet.imagery import OpenPair, check_region, opened
+from damnet.tiling import window_starts  # the tiler's rule: last window ends at the edge
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +111,6 @@ def blend_ramp(length: int, overlap: int) -> np.ndarray:
 def blend_weights(height: int, width: int, overlap: int) -> np.ndarray:
     """(height, width) float32 blending window: outer product of two :func:`blend_ramp`."""
     return blend_ramp(height, overlap)[:, None] * blend_ramp(width, overlap)[None, :]
-
-
-def window_starts(length: int, size: int, stride: int) -> list[int]:
-    """Offsets of windows of ``size`` stepping by ``stride`` that cover ``[0, length)``.
-
-    The last window is moved back to end at ``length`` (so it sees real pixels rather than
-    padding); only when ``length < size`` does the single window reach past the end.
-    """
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size, stride))
-    starts.append(length - size)
-    return starts
 
 
 def plan_windows(height: int, width: int, tile: int, overlap: int) -> tuple[int, int, list[tuple[int, int]]]:

@@ -13,8 +13,13 @@ leaves the previous manifest and the tiles it points to untouched.
 
 Tiles are read window by window, so a scene larger than memory tiles with bounded RAM.
 The grid starts at the top-left of the area both dates cover and steps by
-``size - overlap``; tiles reaching past the edge are padded and the padding is masked, so
-every pixel is covered exactly once when ``overlap`` is 0.
+``size - overlap``. The last tile of a row or column is moved back to end at the area's
+edge (:func:`window_starts`, the rule :mod:`damnet.predict` uses too), so every tile holds
+real pixels and every pixel is covered at least once; that last tile overlaps its
+neighbour by more than ``overlap`` unless the area's size fits the grid. Only along a side
+where the area is smaller than one tile does a tile reach past the area: the padding is
+masked, counted in the tile's ``padding_fraction`` and never in its ``nodata_fraction``,
+which is the share of the tile's pixels *inside the area* that have no data (either date).
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -36,7 +40,15 @@ from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
 from damnet import __version__, storage
-from damnet.imagery import PairFiles, check_region, opened
+from damnet.imagery import (
+    DEFAULT_LABEL_THRESHOLD,
+    Band,
+    PairFiles,
+    check_label_threshold,
+    check_region,
+    opened,
+    parse_bands,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,37 +58,81 @@ MANIFEST_FORMAT = "damnet.tiles/1"
 
 @dataclass(frozen=True)
 class TilingConfig:
-    """How a region is cut. ``bands`` are 1-based R, G, B band numbers (None: exactly 3)."""
+    """How a region is cut.
+
+    ``bands``: R, G, B as 1-based band numbers or band descriptions (``("B04", "B03",
+    "B02")``), None: the imagery must have exactly 3 bands. ``label_threshold``: a label
+    pixel is change when its value (0..255; 0/1 labels read as 0/255; colour labels: the
+    largest component) is above it (:class:`damnet.imagery.LabelReading`).
+    """
 
     size: int = 256
     overlap: int = 0
-    bands: tuple[int, ...] | None = None
+    bands: tuple[Band, ...] | None = None
     require_labels: bool = False
     skip_bad: bool = False
+    label_threshold: int = DEFAULT_LABEL_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.size < 32:
             raise ValueError(f"tile size must be at least 32 pixels, got {self.size}")
         if not 0 <= self.overlap < self.size:
             raise ValueError(f"overlap must be in [0, size), got {self.overlap} for size {self.size}")
+        # Normalised, so that equal settings give equal tiling versions: (3, 2, 1) whether
+        # given as "3,2,1", ["3", "2", "1"] or (3, 2, 1); 127 whether 127 or 127.0.
+        object.__setattr__(self, "bands", parse_bands(self.bands))
+        object.__setattr__(self, "label_threshold", check_label_threshold(self.label_threshold))
+
+
+def window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Offsets of windows of ``size`` stepping by ``stride`` that cover ``[0, length)``.
+
+    The last window is moved back to end at ``length`` (so it sees real pixels rather than
+    padding); only when ``length < size`` does the single window reach past the end.
+    """
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size, stride))
+    starts.append(length - size)
+    return starts
 
 
 def tile_windows(area: Window, size: int, overlap: int = 0) -> list[Window]:
-    """Windows of ``size`` that cover ``area``, neighbours sharing ``overlap`` pixels.
+    """Windows of ``size`` that cover ``area``, neighbours sharing at least ``overlap`` pixels.
 
-    The last row/column may reach past ``area``; callers pad and mask it.
+    The last row/column is moved back to end at the area's edge (:func:`window_starts`);
+    only along a side where ``area`` is smaller than ``size`` does a window reach past it,
+    and callers pad and mask that part.
     """
     stride = size - overlap
-
-    def starts(offset: float, length: float) -> list[int]:
-        n = max(1, math.ceil((length - overlap) / stride))
-        return [int(offset) + k * stride for k in range(n)]
-
+    col0, row0 = int(area.col_off), int(area.row_off)
     return [
-        Window(col, row, size, size)
-        for row in starts(area.row_off, area.height)
-        for col in starts(area.col_off, area.width)
+        Window(col0 + col, row0 + row, size, size)
+        for row in window_starts(int(area.height), size, stride)
+        for col in window_starts(int(area.width), size, stride)
     ]
+
+
+def inside_area(window: dict | Window, area: dict | Window) -> tuple[int, int]:
+    """``(rows, cols)`` of a tile window that lie inside ``area`` (its top-left block:
+    windows start inside the area), for manifest dicts or :class:`Window` s alike."""
+
+    def get(w, key):
+        return int(w[key] if isinstance(w, dict) else getattr(w, key))
+
+    rows = min(get(window, "height"), get(area, "row_off") + get(area, "height") - get(window, "row_off"))
+    cols = min(get(window, "width"), get(area, "col_off") + get(area, "width") - get(window, "col_off"))
+    return max(rows, 0), max(cols, 0)
+
+
+def nodata_and_padding(valid: np.ndarray, rows: int, cols: int) -> tuple[float, float]:
+    """``(nodata_fraction, padding_fraction)`` of a tile whose valid mask is ``valid`` and
+    whose top-left ``rows`` x ``cols`` block lies inside the area: the share of the pixels
+    inside the area without data, and the share of the tile outside the area (padding)."""
+    inside = valid[:rows, :cols]
+    padding = 1.0 - inside.size / valid.size if valid.size else 0.0
+    nodata = 1.0 - float(inside.mean()) if inside.size else 1.0
+    return nodata, padding
 
 
 def _sha256(path: Path) -> str:
@@ -177,6 +233,7 @@ def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
     with storage.local_tree(in_uri) as root:
         pairs, skipped = check_region(root, bands=config.bands,
                                       require_labels=config.require_labels,
+                                      label_threshold=config.label_threshold,
                                       skip_bad=config.skip_bad)
         version = _version(root, pairs, config)
         existing = _up_to_date(store, out_uri, version)
@@ -186,7 +243,8 @@ def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
         tile_dir = f"tiles/{version}"
         pair_records, tiles = [], []
         for files in pairs:
-            with opened(files, bands=config.bands, require_labels=config.require_labels) as pair:
+            with opened(files, bands=config.bands, require_labels=config.require_labels,
+                        label_threshold=config.label_threshold) as pair:
                 windows = tile_windows(pair.window, config.size, config.overlap)
                 crs = pair.crs
                 record = {
@@ -214,6 +272,7 @@ def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
                     row, col = int(win.row_off), int(win.col_off)
                     tile_id = f"{files.name}_r{row:05d}_c{col:05d}"
                     transform = pair.transform @ Affine.translation(col, row)
+                    nodata, padding = nodata_and_padding(valid, *inside_area(win, pair.window))
                     out_files = {"pre": f"{tile_dir}/A/{tile_id}.tif",
                                  "post": f"{tile_dir}/B/{tile_id}.tif", "label": None}
                     _write_tile(storage.join(out_uri, out_files["pre"]), pre, transform, crs, valid)
@@ -231,7 +290,8 @@ def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
                         "bounds": [round(v, 6) for v in window_bounds(win, pair.transform)],
                         "crs": record["crs"],
                         "transform": list(transform)[:6],
-                        "nodata_fraction": round(1 - float(valid.mean()), 6),
+                        "nodata_fraction": round(nodata, 6),
+                        "padding_fraction": round(padding, 6),
                         "change_fraction": None if label is None
                         else round(float(label[valid].mean()), 6),
                         "stats": {"pre": _band_stats(pre, valid), "post": _band_stats(post, valid)},

@@ -22,13 +22,28 @@ there is none (the post scene was already on the pre grid). Across tiles, the ti
 and pixel size are compared. Plain images (A/ B/ folders) have no CRS (``"none"``) and a
 pixel size of 1.
 
-Misregistration is estimated per tile by phase correlation of the grey images (Hann
-window, invalid pixels set to the mean), kept when its peak stands out clearly
-(peak-to-sidelobe ratio ``min_shift_psr``), and per pair from the sum of its tiles'
-correlation surfaces. Per tile, content that moves between dates (long shadows under
-another sun, new buildings) can win over the static structure on small tiles (64 px);
-the pair estimate is robust to that. So the pair estimate fails a region, while tiles
-above the limit are a warning by default (``tile_misregistration_severity``).
+Misregistration is measured by phase correlation of the grey images (Hann window, invalid
+pixels set to the mean) and estimated only where it can be: real pairs change (a field
+becomes a warehouse, shadows move, a season passes), and there the correlation peak is the
+change, not a shift. See :func:`pair_shift` and :func:`tile_shift`:
+
+* per pair, from patches (``shift_patch_px``, half-overlapping, inside the tiles' real
+  pixels) with texture. Their correlation surfaces are summed (a vote: stable patches add
+  up at the true shift, changed ones add noise); a peak of the sum must stand out
+  (``min_pair_shift_psr``) and at least ``min_agreeing_patches`` patches must have a peak
+  of their own (:data:`SUPPORT_SIGMA`) within ``shift_agree_px`` of it. The pair's shift
+  is the median shift vector of those agreeing patches (of several such peaks, the one
+  most patches agree with). Without that evidence the pair's estimate is unknown (NaN):
+  reported, not a failure.
+* per tile, from the tile's own surface when its peak is clear; a tile whose surface also
+  holds a peak (4 sigma) at the pair's shift (or at no shift, when the pair has no
+  estimate) takes that peak: the rest of the tile is content that moved.
+
+The pair estimate fails a region; tiles above the limit are a warning by default
+(``tile_misregistration_severity``).
+
+``nodata_fraction`` counts missing pixels inside the scene's area only: the padding of a
+tile that reaches past the area (a scene smaller than a tile) is ``padding_fraction``.
 """
 
 from __future__ import annotations
@@ -64,10 +79,18 @@ DATES = ("pre", "post")
 #: A tile needs this share of valid pixels, and some texture, for a misregistration estimate.
 MIN_VALID_SHARE_FOR_SHIFT = 0.25
 MIN_GREY_STD_FOR_SHIFT = 0.5
+#: A patch of the pair estimate needs this share of valid pixels and this grey std (DN).
+MIN_VALID_SHARE_FOR_PATCH = 0.9
+MIN_GREY_STD_FOR_PATCH = 2.0
+#: How far (in sigma of its surface) a tile's correlation at the pair's shift must stand out
+#: for the tile to count as following the pair (see :func:`tile_shift`).
+SUPPORT_SIGMA = 4.0
 
+# The note ingest leaves (damnet.imagery), in its two forms: "(CRS RES m -> CRS RES m, method)"
+# and "(CRS WxH px of RES UNIT -> CRS WxH px of RES UNIT, method)".
 _RESAMPLED = re.compile(
-    r"post image resampled onto the pre grid \((?P<crs>.+) (?P<res>\S+) m -> (?P<pre_crs>.+) "
-    r"(?P<pre_res>\S+) m, \w+\)\s*$"
+    r"post image resampled onto the pre grid \((?P<crs>.+?) (?:\d+x\d+ px of )?(?P<res>\S+) (?:m|deg) -> "
+    r"(?P<pre_crs>.+?) (?:\d+x\d+ px of )?(?P<pre_res>\S+) (?:m|deg), \w+\)\s*$"
 )
 
 
@@ -87,10 +110,21 @@ class ValidationConfig:
     brightness_low: float = 5.0
     brightness_high: float = 250.0
     min_std: float = 2.0
-    max_misregistration_px: float = 3.0
-    #: Tiles whose correlation peak stands out less than this (peak-to-sidelobe ratio,
-    #: see :func:`surface_peak`) get no per-tile misregistration estimate.
+    #: Pairs (and tiles) shifted more than this fail (warn). Co-registered LEVIR pairs measure
+    #: up to 3.5 px (0.5 m imagery: rooftops lean with the view angle), so 3 px failed them.
+    max_misregistration_px: float = 4.0
+    #: Tiles and patches whose correlation peak stands out less than this (peak-to-sidelobe
+    #: ratio, see :func:`surface_peak`) give no misregistration estimate.
     min_shift_psr: float = 7.0
+    #: Side of the patches the pair estimate is made of (pixels; capped at the tile size).
+    shift_patch_px: int = 128
+    #: The peak of a pair's summed patch surfaces must stand out this much ...
+    min_pair_shift_psr: float = 8.0
+    #: ... and this many patches must agree with it (a peak of their own of at least
+    #: SUPPORT_SIGMA within ``shift_agree_px``), else the pair's misregistration is unknown
+    #: (NaN, not a failure).
+    min_agreeing_patches: int = 3
+    shift_agree_px: float = 1.5
     min_tiles: int = 4
     same_grid: bool = True  #: one CRS and pixel size across tiles and between the dates
     pixel_size_tolerance: float = 0.01  #: relative, between the dates' pixel sizes
@@ -115,8 +149,14 @@ class ValidationConfig:
         if not 0 <= self.brightness_low < self.brightness_high:
             problems.append(f"brightness_low must be >= 0 and below brightness_high, got "
                             f"{self.brightness_low}..{self.brightness_high}")
-        if min(self.min_std, self.pixel_size_tolerance, self.min_shift_psr) < 0:
-            problems.append("min_std, min_shift_psr and pixel_size_tolerance must be >= 0")
+        if min(self.min_std, self.pixel_size_tolerance, self.min_shift_psr, self.min_pair_shift_psr) < 0:
+            problems.append("min_std, min_shift_psr, min_pair_shift_psr and pixel_size_tolerance must be >= 0")
+        if self.shift_patch_px < 16:
+            problems.append(f"shift_patch_px must be at least 16, got {self.shift_patch_px}")
+        if self.min_agreeing_patches < 1:
+            problems.append(f"min_agreeing_patches must be at least 1, got {self.min_agreeing_patches}")
+        if self.shift_agree_px <= 0:
+            problems.append(f"shift_agree_px must be > 0, got {self.shift_agree_px}")
         if self.max_misregistration_px <= 0:
             problems.append(f"max_misregistration_px must be > 0, got {self.max_misregistration_px}")
         if self.min_tiles < 0:
@@ -169,25 +209,61 @@ def _subpixel(cm: float, c0: float, cp: float) -> float:
     return 0.0 if curvature >= 0 else float(np.clip(0.5 * (cm - cp) / curvature, -0.5, 0.5))
 
 
+def _shift_at(surface: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
+    """The sub-pixel shift ``(dx, dy)`` of the surface's maximum at index ``(iy, ix)``."""
+    h, w = surface.shape
+    peak = float(surface[iy, ix])
+    dy = iy + _subpixel(surface[iy - 1, ix], peak, surface[(iy + 1) % h, ix])
+    dx = ix + _subpixel(surface[iy, ix - 1], peak, surface[iy, (ix + 1) % w])
+    dy = dy - h if dy > h / 2 else dy
+    dx = dx - w if dx > w / 2 else dx
+    return float(dx), float(dy)
+
+
+def _sidelobe(surface: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
+    """Mean and std of the surface outside 5 x 5 px around index ``(iy, ix)``."""
+    h, w = surface.shape
+    side = np.ones(surface.shape, bool)
+    side[np.ix_(np.arange(iy - 2, iy + 3) % h, np.arange(ix - 2, ix + 3) % w)] = False
+    rest = surface[side]
+    return float(rest.mean()), float(rest.std()) if rest.size > 1 else 0.0
+
+
 def surface_peak(surface: np.ndarray) -> tuple[float, float, float]:
     """``(dx, dy, psr)`` of a correlation surface: the shift in pixels (sub-pixel by a
     parabola through the peak's neighbours) and the peak-to-sidelobe ratio, how many
     standard deviations the peak stands above the rest of the surface (outside 5 x 5 px
     around it). Unrelated 64 px images reach a ratio of about 5 (up to 9); a clear
     match is well above 10."""
-    h, w = surface.shape
     iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
-    peak = float(surface[iy, ix])
-    dy = iy + _subpixel(surface[iy - 1, ix], peak, surface[(iy + 1) % h, ix])
-    dx = ix + _subpixel(surface[iy, ix - 1], peak, surface[iy, (ix + 1) % w])
-    dy = dy - h if dy > h / 2 else dy
-    dx = dx - w if dx > w / 2 else dx
-    side = np.ones(surface.shape, bool)
-    side[np.ix_(np.arange(iy - 2, iy + 3) % h, np.arange(ix - 2, ix + 3) % w)] = False
-    rest = surface[side]
-    spread = float(rest.std()) if rest.size > 1 else 0.0
-    psr = (peak - float(rest.mean())) / spread if spread > 0 else math.inf
-    return float(dx), float(dy), float(psr)
+    dx, dy = _shift_at(surface, iy, ix)
+    mean, spread = _sidelobe(surface, iy, ix)
+    psr = (float(surface[iy, ix]) - mean) / spread if spread > 0 else math.inf
+    return dx, dy, float(psr)
+
+
+def surface_peaks(surface: np.ndarray, min_psr: float) -> list[tuple[float, float, float]]:
+    """Every peak of a correlation surface (a maximum of its 5 x 5 px neighbourhood) that
+    stands at least ``min_psr`` standard deviations above the sidelobe of the highest peak
+    (as in :func:`surface_peak`): ``[(dx, dy, psr), ...]``, the highest first. Two peaks
+    mean two motions: a shift of the whole image and content that moved (shadows, cars)."""
+    from scipy import ndimage
+
+    iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
+    mean, spread = _sidelobe(surface, iy, ix)
+    if not spread > 0:
+        dx, dy = _shift_at(surface, iy, ix)
+        return [(dx, dy, math.inf)]
+    z = (surface - mean) / spread
+    local_max = surface == ndimage.maximum_filter(surface, size=5, mode="wrap")
+    found = [(*_shift_at(surface, y, x), float(z[y, x])) for y, x in np.argwhere(local_max & (z >= min_psr))]
+    return sorted(found, key=lambda p: -p[2])
+
+
+def _nearest(peaks, x: float, y: float, radius: float) -> tuple[float, float, float] | None:
+    """The peak of ``peaks`` nearest to shift ``(x, y)``, when within ``radius`` px."""
+    best = min(peaks, key=lambda p: math.hypot(p[0] - x, p[1] - y), default=None)
+    return best if best is not None and math.hypot(best[0] - x, best[1] - y) <= radius else None
 
 
 def estimate_shift(pre: np.ndarray, post: np.ndarray,
@@ -211,6 +287,87 @@ def misregistration_px(pre: np.ndarray, post: np.ndarray, valid: np.ndarray | No
     if not psr >= min_psr:
         return math.nan
     return float(math.hypot(dx, dy))
+
+
+def _patch_offsets(rows: int, cols: int, patch: int) -> list[tuple[int, int]]:
+    from damnet.tiling import window_starts
+
+    step = max(1, patch // 2)
+    return [(r, c) for r in window_starts(rows, patch, step) for c in window_starts(cols, patch, step)]
+
+
+@dataclass
+class PairShift:
+    """The evidence on one pair's misregistration, gathered tile by tile (:meth:`add`) in
+    bounded memory (one summed surface and a few peaks per patch); :meth:`estimate` decides."""
+
+    patch: int
+    surface: np.ndarray | None = None
+    patches: int = 0  #: textured patches whose surface is in the sum
+    #: per patch: the peaks of its surface of at least :data:`SUPPORT_SIGMA`
+    peaks: list[list[tuple[float, float, float]]] = field(default_factory=list)
+
+    def add(self, pre: np.ndarray, post: np.ndarray, valid: np.ndarray, rows: int | None = None,
+            cols: int | None = None) -> None:
+        """Add the patches of one tile; only its top-left ``rows`` x ``cols`` (the part inside
+        the scene's area) is used."""
+        rows = valid.shape[0] if rows is None else rows
+        cols = valid.shape[1] if cols is None else cols
+        patch = min(self.patch, rows, cols)
+        if patch < 16:
+            return
+        a_all, b_all = _grey(pre), _grey(post)
+        for r, c in _patch_offsets(rows, cols, patch):
+            v = valid[r:r + patch, c:c + patch]
+            if v.mean() < MIN_VALID_SHARE_FOR_PATCH:
+                continue
+            a, b = a_all[r:r + patch, c:c + patch], b_all[r:r + patch, c:c + patch]
+            if min(a[v].std(), b[v].std()) < MIN_GREY_STD_FOR_PATCH:
+                continue
+            surface = correlation_surface(a, b, v)
+            if surface is None:
+                continue
+            if self.surface is None:
+                self.surface = np.zeros_like(surface)
+            if surface.shape != self.surface.shape:  # a smaller scene part: not in the vote
+                continue
+            self.surface += surface
+            self.patches += 1
+            self.peaks.append(surface_peaks(surface, SUPPORT_SIGMA))
+
+    def estimate(self, config: ValidationConfig) -> dict:
+        """``{"dx", "dy", "px", "psr", "agreeing", "patches"}``: the pair's shift (NaN when
+        the evidence is not enough: see the module docstring), the summed surface's
+        peak-to-sidelobe ratio, the patches that agree with it and the patches used."""
+        out = {"dx": math.nan, "dy": math.nan, "px": math.nan, "psr": math.nan,
+               "agreeing": 0, "patches": self.patches}
+        if self.surface is None or not self.patches:
+            return out
+        candidates = surface_peaks(self.surface, config.min_pair_shift_psr)
+        out["psr"] = surface_peak(self.surface)[2]
+        found = []
+        for dx, dy, psr in candidates:
+            agreeing = [p for p in (_nearest(peaks, dx, dy, config.shift_agree_px) for peaks in self.peaks) if p]
+            if len(agreeing) >= config.min_agreeing_patches:
+                mx, my = (float(np.median([p[i] for p in agreeing])) for i in (0, 1))
+                found.append({"dx": mx, "dy": my, "px": math.hypot(mx, my), "psr": psr, "agreeing": len(agreeing)})
+        if found:  # several peaks (moved content, periodic texture): the one most patches agree with
+            out.update(max(found, key=lambda f: (f["agreeing"], f["psr"])))
+        return out
+
+
+def tile_shift(main: tuple[float, float, float], support: list[tuple[float, float, float]],
+               reference: tuple[float, float], min_psr: float, radius: float) -> tuple[float, float]:
+    """A tile's shift ``(dx, dy)`` from its surface's highest peak ``main`` and its peaks of at
+    least :data:`SUPPORT_SIGMA` (``support``, :func:`surface_peaks`): NaN when ``main`` is not
+    clear (``min_psr``); the peak within ``radius`` of ``reference`` (the pair's shift, or 0)
+    when there is one, since the tile then follows the pair and its stronger peak is content
+    that moved (long shadows under another sun, a new building); else ``main``."""
+    if not main[2] >= min_psr:
+        return math.nan, math.nan
+    follows = _nearest(support, reference[0], reference[1], radius)
+    peak = follows if follows is not None else main
+    return peak[0], peak[1]
 
 
 # ----------------------------------------------------------------------------- the tile table
@@ -249,38 +406,56 @@ STAT_COLUMNS = [f"{stat}_{date}_{band}" for date in DATES for stat in ("mean", "
 COLUMNS = [
     "tile_id", "pair", "pair_tiles", "width", "height", "crs_pre", "crs_post", "pixel_size",
     "res_x", "res_y", "res_post", "res_ratio", "bands_pre", "bands_post", "dtype_pre",
-    "dtype_post", "nodata_fraction", *STAT_COLUMNS, "shift_x_px", "shift_y_px",
-    "shift_psr", "misregistration_px", "pair_misregistration_px",
+    "dtype_post", "nodata_fraction", "padding_fraction", *STAT_COLUMNS, "shift_x_px", "shift_y_px",
+    "shift_psr", "misregistration_px", "pair_misregistration_px", "pair_shift_x_px",
+    "pair_shift_y_px", "pair_shift_psr", "pair_shift_agreeing", "pair_shift_patches",
 ]
+_PAIR_SHIFT_COLUMNS = {"pair_misregistration_px": "px", "pair_shift_x_px": "dx", "pair_shift_y_px": "dy",
+                       "pair_shift_psr": "psr", "pair_shift_agreeing": "agreeing",
+                       "pair_shift_patches": "patches"}
 
 
 def tile_table(region_uri: str, manifest: dict | None = None, progress: bool | None = None,
-               min_shift_psr: float = ValidationConfig.min_shift_psr):
+               min_shift_psr: float = ValidationConfig.min_shift_psr,
+               config: ValidationConfig | None = None):
     """One row per tile of the region (a :class:`pandas.DataFrame` with :data:`COLUMNS`).
 
-    ``shift_x_px``, ``shift_y_px``, ``shift_psr``: the tile's phase correlation peak and
-    how clearly it stands out; ``misregistration_px``: the shift's magnitude, empty (NaN)
-    when ``shift_psr`` is below ``min_shift_psr`` or the tile has no texture;
-    ``pair_misregistration_px``: the pair's estimate from all its tiles' surfaces.
-    Tiles are read one at a time, so memory does not grow with the region.
+    ``nodata_fraction``: the share of the tile's pixels inside the scene's area without data
+    (either date); ``padding_fraction``: the share of the tile outside the area (only for a
+    scene smaller than a tile). ``shift_x_px``, ``shift_y_px``, ``shift_psr``: the tile's
+    shift (:func:`tile_shift`) and how clearly its correlation peak stands out;
+    ``misregistration_px``: the shift's magnitude, empty (NaN) when ``shift_psr`` is below
+    ``min_shift_psr`` or the tile has no texture. ``pair_*``: the pair's estimate
+    (:class:`PairShift`): its magnitude (NaN: not enough evidence), vector, the summed
+    surface's peak ratio, and how many of how many patches agree with it. ``config`` (its
+    shift settings) overrides ``min_shift_psr``. Tiles are read one at a time, so memory
+    does not grow with the tiles' pixels.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from damnet.tiling import inside_area, nodata_and_padding
+
+    config = config or ValidationConfig(min_shift_psr=min_shift_psr)
     manifest = manifest if manifest is not None else load_manifest(region_uri)
     pairs = {p["name"]: p for p in manifest.get("pairs", [])}
     seen_post = {name: post_grid(p) for name, p in pairs.items()}
     counts: dict[str, int] = {}
     for tile in manifest.get("tiles", []):
         counts[tile["pair"]] = counts.get(tile["pair"], 0) + 1
-    surfaces: dict[str, np.ndarray | None] = {}
-    rows = []
+    evidence: dict[str, PairShift] = {}
+    rows, peaks = [], []
     bar = tqdm(manifest.get("tiles", []), desc="validate tiles", unit="tile", leave=False,
                disable=None if progress is None else not progress)
     for tile in bar:
         pair = pairs.get(tile["pair"], {})
         # The label is not checked here: do not read it.
         pre, post, valid, _ = read_tile(region_uri, {**tile, "files": {**tile["files"], "label": None}})
+        if tile.get("window") and pair.get("area"):
+            in_rows, in_cols = inside_area(tile["window"], pair["area"])
+        else:  # no grid to go by: the whole tile is the scene
+            in_rows, in_cols = valid.shape
+        nodata, padding = nodata_and_padding(valid, in_rows, in_cols)
         res_x, res_y = _grid(tile.get("transform") or pair.get("transform") or (1, 0, 0, 0, -1, 0))
         crs_pre = tile.get("crs") or pair.get("crs") or "none"
         post_seen = seen_post.get(tile["pair"])
@@ -291,14 +466,13 @@ def tile_table(region_uri: str, manifest: dict | None = None, progress: bool | N
             res_post = post_seen[1] if post_seen[1] is not None else math.nan
         surface = correlation_surface(pre, post, valid)
         if surface is None:
-            dx = dy = psr = math.nan
+            main, support = (math.nan, math.nan, math.nan), []
         else:
-            dx, dy, psr = surface_peak(surface)
-            acc = surfaces.get(tile["pair"], 0.0)
-            if acc is not None and (np.ndim(acc) == 0 or acc.shape == surface.shape):
-                surfaces[tile["pair"]] = acc + surface
-            else:  # tiles of different sizes in one pair: no pair estimate
-                surfaces[tile["pair"]] = None
+            main = surface_peak(surface)
+            support = surface_peaks(surface, SUPPORT_SIGMA) if main[2] >= config.min_shift_psr else []
+        evidence.setdefault(tile["pair"], PairShift(config.shift_patch_px)).add(
+            pre, post, valid, in_rows, in_cols)
+        peaks.append((main, support))
         row = {
             "tile_id": tile["tile_id"], "pair": tile["pair"], "pair_tiles": counts[tile["pair"]],
             "width": int(valid.shape[1]), "height": int(valid.shape[0]),
@@ -308,27 +482,30 @@ def tile_table(region_uri: str, manifest: dict | None = None, progress: bool | N
             "bands_pre": int(pre.shape[0]), "bands_post": int(post.shape[0]),
             "dtype_pre": str((pair.get("dtype") or {}).get("pre", "unknown")),
             "dtype_post": str((pair.get("dtype") or {}).get("post", "unknown")),
-            "nodata_fraction": 1.0 - float(valid.mean()),
-            "shift_x_px": dx, "shift_y_px": dy, "shift_psr": psr,
-            "misregistration_px": math.hypot(dx, dy) if psr >= min_shift_psr else math.nan,
+            "nodata_fraction": nodata, "padding_fraction": padding,
         }
+        # Statistics of the pixels with data (padding is never data).
         for date, img in (("pre", pre), ("post", post)):
             means, stds = _band_stats(img, valid)
             for band, m, s in zip(BANDS, means, stds, strict=True):
                 row[f"mean_{date}_{band}"] = m
                 row[f"std_{date}_{band}"] = s
         rows.append(row)
-    pair_shift = {}
-    for name, acc in surfaces.items():
-        if acc is not None and np.ndim(acc) == 2:
-            dx, dy, _ = surface_peak(acc)
-            pair_shift[name] = math.hypot(dx, dy)
+    estimates = {name: ev.estimate(config) for name, ev in evidence.items()}
+    for row, (main, support) in zip(rows, peaks, strict=True):
+        est = estimates[row["pair"]]
+        reference = (est["dx"], est["dy"]) if math.isfinite(est["px"]) else (0.0, 0.0)
+        dx, dy = tile_shift(main, support, reference, config.min_shift_psr, config.shift_agree_px)
+        known = math.isfinite(dx)
+        row.update({"shift_x_px": dx if known else main[0], "shift_y_px": dy if known else main[1],
+                    "shift_psr": main[2], "misregistration_px": math.hypot(dx, dy) if known else math.nan})
+        row.update({col: est[key] for col, key in _PAIR_SHIFT_COLUMNS.items()})
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df["pair_misregistration_px"] = [pair_shift.get(p, math.nan) for p in df["pair"]]
     numeric = [c for c in COLUMNS if c not in ("tile_id", "pair", "crs_pre", "crs_post", "pixel_size",
                                                 "dtype_pre", "dtype_post")]
     df[numeric] = df[numeric].astype("float64")
-    for c in ("pair_tiles", "width", "height", "bands_pre", "bands_post"):
+    for c in ("pair_tiles", "width", "height", "bands_pre", "bands_post", "pair_shift_agreeing",
+              "pair_shift_patches"):
         df[c] = df[c].astype("int64")
     return df
 
@@ -550,6 +727,20 @@ def _per_tile(kind: str, kwargs: dict) -> str:
 _LABELS = {"res_ratio": "res_ratio (post / pre pixel size before ingest)"}
 
 
+def _pair_shift_line(df, kwargs: dict, kind: str) -> str:
+    """The failure line of the pair misregistration check, in pairs (the table repeats a
+    pair's estimate on each of its tiles)."""
+    hi = kwargs.get("max_value")
+    per_pair = df.groupby("pair")["pair_misregistration_px"].first()
+    known = per_pair.dropna()
+    bad = known[known > hi] if hi is not None else known.iloc[:0]
+    line = (f"pair_misregistration_px: {len(bad)} of {len(known)} pair(s) with an estimate shifted "
+            f"above {_num(hi)} px: " + ", ".join(f"{p} {_num(float(v))} px" for p, v in bad.items()))
+    if len(known) < len(per_pair):
+        line += f"; {len(per_pair) - len(known)} pair(s) without enough evidence to estimate"
+    return line + f" [{kind}]"
+
+
 def _failure_line(check: _Check, kind: str, kwargs: dict, result: dict, df) -> str:
     col = kwargs.get("column")
     n = len(df)
@@ -558,6 +749,8 @@ def _failure_line(check: _Check, kind: str, kwargs: dict, result: dict, df) -> s
                 f"{kwargs.get('min_value')}" + (f" and at most {kwargs['max_value']}"
                                                   if kwargs.get("max_value") is not None else "")
                 + f" [{kind}]")
+    if kind == "expect_column_values_to_be_between" and col == "pair_misregistration_px":
+        return _pair_shift_line(df, kwargs, kind)
     if kind == "expect_column_values_to_be_between":
         lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
         values = df[col].astype(float)
@@ -574,12 +767,9 @@ def _failure_line(check: _Check, kind: str, kwargs: dict, result: dict, df) -> s
         if known < n:
             line += f"; {n - known} tile(s) without a clear estimate"
         if col == "misregistration_px" and df["pair_misregistration_px"].notna().any():
-            per_pair = df.groupby("pair")["pair_misregistration_px"].first()
+            per_pair = df.groupby("pair")["pair_misregistration_px"].first().dropna()
             shown = ", ".join(f"{p} {_num(float(v))} px" for p, v in list(per_pair.items())[:4])
             line += f"; pair estimates: {shown}" + (", ..." if len(per_pair) > 4 else "")
-        if col == "pair_misregistration_px" and len(bad):
-            pairs = bad.groupby("pair")[col].first()
-            line += f"; pairs: {', '.join(f'{p} {_num(float(v))} px' for p, v in pairs.items())}"
         return line + _per_tile(kind, kwargs)
     if kind == "expect_column_values_to_be_in_set":
         allowed = kwargs.get("value_set") or []
@@ -684,6 +874,11 @@ class ValidationReport:
         lines = [head + f" (suite {self.suite_name})"]
         lines += [f"  - {f}" for f in self.failures]
         lines += [f"  warning: {w}" for w in self.warnings]
+        unknown = sorted(p for p, v in (s.get("pair_misregistration_px") or {}).items() if v is None)
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            lines.append(f"Misregistration unknown for {len(unknown)} of {s.get('pairs', 0)} pair(s) (too few "
+                         f"textured patches agree on a shift; not a failure): {shown}")
         dd = self.domain_distance
         if dd and "frechet_dn" in dd:
             shift = " ".join(f"{b} {v:+.2f}" for b, v in dd["band_mean_shift"].items())
@@ -823,7 +1018,7 @@ def validate_region(region_uri: str, out_uri: str, config: ValidationConfig | No
     # Read the source first: a wrong source_uri fails before the tiles are read.
     source_stats = _source_tile_stats(source_uri) if source_uri else None
     t = time.perf_counter()
-    df = tile_table(region_uri, manifest, progress=progress, min_shift_psr=config.min_shift_psr)
+    df = tile_table(region_uri, manifest, progress=progress, config=config)
     timings["read_tiles"] = time.perf_counter() - t
     notes = [str(n) for p in manifest.get("pairs", []) for n in (p.get("notes") or [])]
     notes += [f"skipped at ingest: {s}" for s in manifest.get("skipped", [])]

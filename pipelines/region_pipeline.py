@@ -77,10 +77,16 @@ def ingest(store: str, region: str, run_group: str, imagery: str, tile_size: int
 
 
 @dsl.container_component
-def validate(store: str, region: str, run_group: str, source_region: str):
+def validate(store: str, region: str, run_group: str, source_region: str, max_misregistration_px: float,
+             tile_misregistration_severity: str, max_nodata_fraction: float, max_mean_nodata_fraction: float,
+             mostly: float, min_tiles: int):
     """Great Expectations checks of the tiles; fails the run (exit 2) on bad imagery."""
     return dsl.ContainerSpec(image=DEFAULT_IMAGE, command=["damnet"], args=[
-        *_common("validate", store, region, run_group), "--source-region", source_region])
+        *_common("validate", store, region, run_group), "--source-region", source_region,
+        "--max-misregistration-px", max_misregistration_px,
+        "--tile-misregistration-severity", tile_misregistration_severity,
+        "--max-nodata-fraction", max_nodata_fraction, "--max-mean-nodata-fraction", max_mean_nodata_fraction,
+        "--mostly", mostly, "--min-tiles", min_tiles])
 
 
 @dsl.container_component
@@ -199,6 +205,12 @@ def region_pipeline(
     restyle: float = 0.0,
     match_gsd: str = "no",
     lambda_adv: float = 0.001,
+    max_misregistration_px: float = 4.0,
+    tile_misregistration_severity: str = "warning",
+    max_nodata_fraction: float = 0.5,
+    max_mean_nodata_fraction: float = 0.25,
+    mostly: float = 0.95,
+    min_tiles: int = 4,
     store: str = DEFAULT_STORE,
     image: str = DEFAULT_IMAGE,
     gpu_image: str = DEFAULT_GPU_IMAGE,
@@ -220,6 +232,12 @@ def region_pipeline(
         restyle: share of source pairs given the region's band histograms (0: off); MLFT keeps it.
         match_gsd: yes: resample source batches to the region's ground sample distance; MLFT keeps it.
         lambda_adv: weight of the adversarial term in adaptation (MLFT keeps its own).
+        max_misregistration_px: validation: largest shift between the dates in pixels; a pair above it fails.
+        tile_misregistration_severity: validation: tiles above the shift limit are a warning or critical.
+        max_nodata_fraction: validation: largest share of a tile's pixels (inside the scene) without data.
+        max_mean_nodata_fraction: validation: largest share of the region's pixels without data.
+        mostly: validation: share of tiles that must pass each per-tile check.
+        min_tiles: validation: fewer tiles fail the region.
         store: store root, an s3:// prefix (the pods share no file system).
         image: project image of the CPU steps.
         gpu_image: project CUDA image of the GPU steps.
@@ -227,7 +245,11 @@ def region_pipeline(
     run_group = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # this run's MLflow region run
     common = {"store": store, "region": region, "run_group": run_group}
     t_ingest = _step(ingest(**common, imagery=imagery, tile_size=tile_size), "ingest", image, gpu_image)
-    t_validate = _step(validate(**common, source_region=source_region), "validate", image, gpu_image)
+    t_validate = _step(validate(**common, source_region=source_region, max_misregistration_px=max_misregistration_px,
+                                tile_misregistration_severity=tile_misregistration_severity,
+                                max_nodata_fraction=max_nodata_fraction,
+                                max_mean_nodata_fraction=max_mean_nodata_fraction, mostly=mostly,
+                                min_tiles=min_tiles), "validate", image, gpu_image)
     t_adapt = _step(adapt(**common, source_model=source_model, source_region=source_region, steps=adapt_steps,
                           restyle=restyle, match_gsd=match_gsd, lambda_adv=lambda_adv),
                     "adapt", image, gpu_image)

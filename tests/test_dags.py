@@ -267,3 +267,48 @@ def test_the_region_dag_adapts_with_the_engines_default_alignment(airflow_home, 
     dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
     assert (dag.params["restyle"], dag.params["match_gsd"]) == (MODES["adapt"].restyle, MODES["adapt"].match_gsd)
     assert dag.params["lambda_adv"] == MODES["adapt"].lambda_adv
+
+
+VALIDATION_PARAMS = ("max_misregistration_px", "tile_misregistration_severity", "max_nodata_fraction",
+                     "max_mean_nodata_fraction", "mostly", "min_tiles")
+
+
+def _validate_argv(dag, conf: dict) -> list[str]:
+    """The validate task's command line as a run with ``conf`` renders it."""
+    from jinja2 import Template
+
+    params = {**{k: dag.params[k] for k in dag.params}, **conf}
+    args = [Template(a).render(params=params, run_id="manual__1") for a in dag.get_task("validate").arguments]
+    return ["validate", *args]
+
+
+def test_the_validation_thresholds_are_region_dag_params_that_reach_the_step(airflow_home, monkeypatch):
+    # Literals in the DAG file (no damnet at parse time): their defaults must be the library's.
+    from components.cli import build_parser
+    from damnet.validation import ValidationConfig
+
+    dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
+    defaults = ValidationConfig()
+    parser = build_parser()
+    for name in VALIDATION_PARAMS:
+        assert dag.params[name] == getattr(defaults, name), name
+        assert dag.params.get_param(name).schema.get("section") == "Validation", name
+    ns = parser.parse_args(_validate_argv(dag, {}))
+    assert {n: getattr(ns, n) for n in VALIDATION_PARAMS} == {n: getattr(defaults, n) for n in VALIDATION_PARAMS}
+    # An ops user lets a region with 6 px shifts and more nodata through, from the trigger form.
+    conf = {"max_misregistration_px": 6.5, "tile_misregistration_severity": "critical", "max_nodata_fraction": 0.8,
+            "max_mean_nodata_fraction": 0.4, "mostly": 0.9, "min_tiles": 2}
+    ns = parser.parse_args(_validate_argv(dag, conf))
+    assert {n: getattr(ns, n) for n in VALIDATION_PARAMS} == conf
+
+
+@pytest.mark.parametrize("conf, field", [({"max_misregistration_px": 0}, "max_misregistration_px"),
+                                         ({"max_nodata_fraction": 1.5}, "max_nodata_fraction"),
+                                         ({"tile_misregistration_severity": "fatal"}, "tile_misregistration_severity"),
+                                         ({"mostly": 0}, "mostly"), ({"min_tiles": -1}, "min_tiles")])
+def test_bad_validation_thresholds_are_refused_by_param_validation(airflow_home, monkeypatch, conf, field):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
+    with pytest.raises(ParamValidationError, match=field):
+        dag.test(run_conf=conf)

@@ -196,3 +196,27 @@ def test_dvc_repro_runs_a_region_then_only_what_changed(tmp_path):
     assert ran(forced) == {f"finetune@{region}"}
     assert json.loads((store / region / "steps" / "finetune.json").read_text())["key"] == finetune["key"]
     assert "resumed from" not in forced, forced[-4000:]
+
+
+def test_params_yaml_validation_thresholds_are_the_librarys_and_reach_the_validate_stage():
+    """params.yaml's ``validate`` group has the library's defaults, and the validate stage passes
+    every one of them to ``damnet validate`` (so ``dvc exp run -S validate.mostly=0.9`` acts)."""
+    from components.cli import build_parser
+    from damnet.validation import ValidationConfig
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    defaults = ValidationConfig()
+    assert params["validate"], "params.yaml has no validate thresholds"
+    for name, value in params["validate"].items():
+        assert value == getattr(defaults, name), name
+    # Values other than the step's defaults, so a threshold the command drops is seen.
+    tried = {name: "critical" if value == "warning" else value + 3 if isinstance(value, int) else value / 2
+             for name, value in params["validate"].items()}
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["validate"]["do"]
+    cmd = re.sub(r"\$\{validate\.(\w+)\}", lambda m: str(tried[m.group(1)]), stage["cmd"])
+    cmd = re.sub(r"\$\{[^}]+\}", "x", cmd)  # the store, the region key, the tracking URI
+    ns = build_parser().parse_args(cmd.split("damnet ", 1)[1].split())
+    for name, value in tried.items():
+        assert getattr(ns, name) == value, f"dvc.yaml's validate stage does not pass validate.{name}"
+    assert {"max_misregistration_px", "tile_misregistration_severity", "max_nodata_fraction",
+            "max_mean_nodata_fraction", "mostly", "min_tiles"} <= set(params["validate"])

@@ -199,10 +199,12 @@ def test_image_without_partner(tmp_path):
     assert err.errors[0].path.endswith("A/b.png") and "no partner" in str(err)
 
 
-def test_non_binary_label(tmp_path):
+def test_label_with_values_but_none_above_the_threshold(tmp_path):
+    # Read with the 0..255 threshold this would be "no change" everywhere: refused, named.
     root = _levir(tmp_path / "in")
     write_png(root / "label" / "a.png", np.full((64, 64), 7, np.uint8))
-    with pytest.raises(ImageryError, match=r"label/a.png: label values are not binary: found 7"):
+    with pytest.raises(ImageryErrors, match=r"label/a.png: label has non-zero values \(up to 7\) "
+                       "but none above the label threshold 127"):
         ingest(str(root), str(tmp_path / "out"), TilingConfig(size=64))
 
 

@@ -33,6 +33,8 @@ PARAMETERS = {
         "label_budget": 0.003, "audit": 0.01, "max_label_share": 0.01, "selector": "combined", "reference": "none",
         "tile_size": 256,
         "adapt_steps": 3000, "restyle": 0.0, "match_gsd": "no", "lambda_adv": 0.001,
+        "max_misregistration_px": 4.0, "tile_misregistration_severity": "warning", "max_nodata_fraction": 0.5,
+        "max_mean_nodata_fraction": 0.25, "mostly": 0.95, "min_tiles": 4,
         "store": "s3://damnet/store",
         "image": "ghcr.io/damnet-ops/damnet:0.1.0",
         "gpu_image": "ghcr.io/damnet-ops/damnet:0.1.0-cuda"},
@@ -289,3 +291,24 @@ def test_the_region_pipeline_adapts_with_the_engines_default_alignment():
     assert region["restyle"] == MODES["adapt"].restyle
     assert region["match_gsd"] == ("yes" if MODES["adapt"].match_gsd else "no")
     assert region["lambda_adv"] == MODES["adapt"].lambda_adv
+
+
+VALIDATION_PARAMS = ("max_misregistration_px", "tile_misregistration_severity", "max_nodata_fraction",
+                     "max_mean_nodata_fraction", "mostly", "min_tiles")
+
+
+def test_the_region_pipeline_validates_with_the_librarys_thresholds(compiled):
+    """The validation thresholds are pipeline parameters with the library's defaults, and the
+    validate step gets each of them as its CLI option."""
+    from components.cli import build_parser
+    from damnet.validation import ValidationConfig
+
+    defaults = ValidationConfig()
+    region = PARAMETERS["damnet-region"]  # checked against the compiled spec above
+    assert {n: region[n] for n in VALIDATION_PARAMS} == {n: getattr(defaults, n) for n in VALIDATION_PARAMS}
+    spec, _ = compiled["damnet-region"]
+    task, _ = container_tasks(spec)["validate"]
+    ns = build_parser().parse_args(command_line(spec, task))
+    assert {n: getattr(ns, n) for n in VALIDATION_PARAMS} == {n: getattr(defaults, n) for n in VALIDATION_PARAMS}
+    for name in VALIDATION_PARAMS:  # bound to the pipeline parameter, not a constant
+        assert task["inputs"]["parameters"][name]["componentInputParameter"] == name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tracemalloc
 
 import numpy as np
@@ -27,11 +28,28 @@ def _coverage(windows, area_shape):
     return count
 
 
-@pytest.mark.parametrize("shape", [(200, 300), (256, 256), (31, 500), (513, 64)])
-def test_windows_cover_the_area_exactly_once(shape):
-    windows = tile_windows(Window(0, 0, shape[1], shape[0]), 64, 0)
-    assert (_coverage(windows, shape) == 1).all()
-    assert all(w.col_off < shape[1] and w.row_off < shape[0] for w in windows)
+@pytest.mark.parametrize("shape", [(200, 300), (256, 256), (31, 500), (513, 64), (640, 952)])
+def test_windows_cover_the_area_and_edge_windows_end_at_its_edge(shape):
+    h, w = shape
+    windows = tile_windows(Window(0, 0, w, h), 64, 0)
+    count = _coverage(windows, (max(h, 64), max(w, 64)))
+    assert (count[:h, :w] >= 1).all()
+    # No window reaches past a side at least one tile long: the last one is moved back.
+    for length, key in ((h, "row_off"), (w, "col_off")):
+        ends = {int(getattr(win, key)) + 64 for win in windows}
+        assert max(ends) == max(length, 64)
+        starts = sorted({int(getattr(win, key)) for win in windows})
+        assert set(np.diff(starts[:-1])) <= {64}  # the grid steps by the tile, but for the last one
+    if h % 64 == 0 and w % 64 == 0:
+        assert (count == 1).all()  # a size that fits the grid: no pixel twice
+    assert len(windows) == math.ceil(h / 64) * math.ceil(w / 64)
+
+
+def test_sztaki_sized_scenes_tile_without_padding():
+    # 952 x 640 at 256: columns 0, 256, 512, 696 and rows 0, 256, 384, all inside the scene.
+    windows = tile_windows(Window(0, 0, 952, 640), 256, 0)
+    assert sorted({int(w.col_off) for w in windows}) == [0, 256, 512, 696]
+    assert sorted({int(w.row_off) for w in windows}) == [0, 256, 384]
 
 
 def test_windows_overlap_as_configured():
@@ -39,7 +57,9 @@ def test_windows_overlap_as_configured():
     cols = sorted({int(w.col_off) for w in windows})
     rows = sorted({int(w.row_off) for w in windows})
     assert cols[0] == 10 and rows[0] == 20
-    assert set(np.diff(cols)) == {48} and set(np.diff(rows)) == {48}
+    assert set(np.diff(cols[:-1])) == {48} and set(np.diff(rows[:-1])) == {48}
+    assert cols[-1] + 64 == 10 + 300 and rows[-1] + 64 == 20 + 200  # the last ones end at the edge
+    assert np.diff(cols)[-1] <= 48 and np.diff(rows)[-1] <= 48  # and overlap at least 16 px
     count = _coverage([Window(w.col_off - 10, w.row_off - 20, 64, 64) for w in windows], (200, 300))
     assert count.min() >= 1
     assert count[:, :48].max() == 2  # two columns share 16 px, rows too: up to 4 in corners
@@ -60,16 +80,32 @@ def test_ingest_covers_every_scene_pixel(tmp_path, overlap):
         write_tif(tmp_path / "in" / d / "s.tif", img)
     manifest = ingest(str(tmp_path / "in"), str(tmp_path / "out"),
                       TilingConfig(size=64, overlap=overlap))
-    count = np.zeros((150 + 64, 230 + 64), int)
+    count = np.zeros((150, 230), int)
+    for tile in manifest["tiles"]:
+        pre, _, valid, _ = read_tile(str(tmp_path / "out"), tile)
+        r, c = tile["window"]["row_off"], tile["window"]["col_off"]
+        assert r + 64 <= 150 and c + 64 <= 230, "an edge tile reaches past the scene"
+        assert valid.all() and tile["nodata_fraction"] == 0 and tile["padding_fraction"] == 0
+        assert np.array_equal(pre, img[:, r:r + 64, c:c + 64])  # real pixels, where the tile says
+        count[r:r + 64, c:c + 64] += 1
+    assert count.min() >= 1
+    assert len(manifest["tiles"]) == (3 * 4 if overlap == 0 else 4 * 6)  # rows 0 40 80 86, cols 0..160 166
+
+
+def test_a_scene_smaller_than_a_tile_is_padded_and_the_padding_is_not_nodata(tmp_path):
+    img = rng_image(0, (3, 40, 100))
+    img[:, :10, :20] = 0  # a corner without data in both dates
+    for d in ("pre", "post"):
+        write_tif(tmp_path / "in" / d / "s.tif", img, nodata=0)
+    manifest = ingest(str(tmp_path / "in"), str(tmp_path / "out"), TilingConfig(size=64))
+    assert [(t["window"]["row_off"], t["window"]["col_off"]) for t in manifest["tiles"]] == [(0, 0), (0, 36)]
     for tile in manifest["tiles"]:
         _, _, valid, _ = read_tile(str(tmp_path / "out"), tile)
-        r, c = tile["window"]["row_off"], tile["window"]["col_off"]
-        count[r:r + 64, c:c + 64] += valid
-    assert count[150:].sum() == 0 and count[:, 230:].sum() == 0  # padding is masked
-    if overlap == 0:
-        assert (count[:150, :230] == 1).all()
-    else:
-        assert count[:150, :230].min() >= 1 and count.max() == 4
+        assert not valid[40:].any()  # rows past the scene: padding, masked
+        assert tile["padding_fraction"] == pytest.approx(24 / 64)
+    first, second = manifest["tiles"]
+    assert first["nodata_fraction"] == pytest.approx(10 * 20 / (40 * 64), abs=1e-6)
+    assert second["nodata_fraction"] == 0
 
 
 def test_large_scene_tiles_with_bounded_memory(tmp_path):
@@ -123,11 +159,11 @@ def test_failed_ingest_keeps_previous_outputs(tmp_path):
         write_png(root / "label" / f"{name}.png", np.zeros((128, 128), np.uint8))
     good = ingest(str(root), str(tmp_path / "out"), TilingConfig(size=64))
     before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
-    # A new delivery whose last label has a bad value far into the image: found mid-run.
-    bad = np.zeros((128, 128), np.uint8)
-    bad[100, 100] = 3
-    write_png(root / "label" / "b.png", bad)
-    with pytest.raises(ImageryError, match=r"label/b.png: label values are not binary"):
+    # A new delivery whose last image is cut short: its header reads, so this is found
+    # mid-run, when the missing rows are read.
+    path = write_png(root / "B" / "b.png", rng_image(3, (3, 128, 128)))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ImageryError, match=r"B/b.png: cannot be read at window"):
         ingest(str(root), str(tmp_path / "out"), TilingConfig(size=64))
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == good
     for path, content in before.items():
