@@ -2,8 +2,10 @@
 
 Inputs: the fine-tuned candidate, the champion (``damnet-<region>@champion``; before a
 region has one, the source champion), the imported audit labels and the source holdout.
-Outputs: metrics.json (per model and set: F1, IoU, precision, recall, AP, confusion),
-confusion-matrix and precision-recall plots.
+Outputs: metrics.json (per model and set: F1, IoU, precision, recall, AP, confusion; on the
+audit set also each tile's confusion matrix, ``per_tile``, which the promotion gate resamples,
+and the F1's 90 % bootstrap interval over audit tiles, ``f1_interval``), confusion-matrix and
+precision-recall plots.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from components.training import model_input, source_holdout, tiles_of
 from damnet import registry, storage
 from damnet.data import TileSet
 from damnet.evaluate import evaluate
-from damnet.metrics import ScoreHistogram
+from damnet.metrics import Confusion, ScoreHistogram, UndefinedF1, bootstrap_f1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> None:
               "champion": champion, "source_model": source,
               "labels": {"uri": l_rec["outputs"]["labels"], "digest": l_rec["key"]},
               "tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]}}
-    params = {"source_region": args.source_region, "threshold": 0.5}
+    # per_tile_audit: the gate needs each audit tile's confusion (records without it are stale).
+    params = {"source_region": args.source_region, "threshold": 0.5, "per_tile_audit": True}
 
     def body(run):
         audit = TileSet(t_rec["outputs"]["tiles"], tile_ids=sorted(audit_labels), labels=audit_labels)
@@ -82,9 +85,12 @@ def run(args: argparse.Namespace) -> None:
             results[who] = {"model": ref}
             for set_name, tiles in sets.items():
                 hist = ScoreHistogram()
-                conf = evaluate(model, tiles, device=args.device, histogram=hist)
+                per_tile = {} if set_name == "audit" else None
+                conf = evaluate(model, tiles, device=args.device, histogram=hist, per_tile=per_tile)
                 results[who][set_name] = {**conf.as_dict(), "average_precision": hist.average_precision,
                                           "tiles": len(tiles)}
+                if per_tile is not None:
+                    results[who][set_name].update(audit_summary(per_tile))
                 curves[f"{who}/{set_name}"] = hist
         write_json(run.path("metrics.json"), results)
         plot_confusions(results, run.path("confusion.png"))
@@ -99,10 +105,27 @@ def run(args: argparse.Namespace) -> None:
         for name in ("confusion.png", "pr_curves.png", "metrics.json"):
             run.artifact(run.path(name))
         for who, r in results.items():
-            line = ", ".join(f"{s} F1 {r[s]['f1']:.3f}" for s in sets)
+            line = ", ".join(_f1_text(r[s], s) for s in sets)
             print(f"  {who:9s} {line}  ({r['model']})")
 
     run_step("evaluate", args, inputs, params, body, layout)
+
+
+def _f1_text(r: dict, set_name: str) -> str:
+    ci = r.get("f1_interval")
+    return f"{set_name} F1 {r['f1']:.3f}" + (f" (90% interval {ci['low']:.2f}-{ci['high']:.2f})" if ci else "")
+
+
+def audit_summary(per_tile: dict[str, Confusion]) -> dict:
+    """``per_tile`` (tile id -> [tp, fp, fn, tn]), ``change_tiles`` and the F1's 90 % bootstrap
+    interval over the tiles (``f1_interval``; None when no tile holds change: F1 is undefined)."""
+    try:
+        interval = bootstrap_f1(per_tile).as_dict()
+    except UndefinedF1:
+        interval = None
+    return {"per_tile": {t: [c.tp, c.fp, c.fn, c.tn] for t, c in sorted(per_tile.items())},
+            "change_tiles": sum(1 for c in per_tile.values() if c.tp + c.fn > 0),
+            "f1_interval": interval}
 
 
 def _savefig(fig, uri: str) -> None:

@@ -1,16 +1,25 @@
 """Register the candidate and move the ``champion`` alias only if the promotion gate holds.
 
-Input: the evaluate step's metrics. The candidate is registered in ``damnet-<region>`` and
-becomes ``challenger``; it becomes ``champion`` only if every required metric is present,
-its audit F1 beats the champion's by --margin, and its source-holdout F1 is at most
---max-source-drop below the source model's. The decision and its reasons are tags of the
-model version and decision.json. A rejected candidate ends the step with an error line and
-exit status 3 after the decision is recorded; the champion stays where it was.
+Input: the evaluate step's metrics (with each model's per-tile audit confusion matrices).
+The candidate is registered in ``damnet-<region>`` and becomes ``challenger``; it becomes
+``champion`` only if (:func:`damnet.registry.gate`):
+
+* every required metric is present (audit and source-holdout F1 always are required);
+* the audit set can decide: at least --min-audit-tiles tiles, at least --min-change-tiles of
+  them with true change; otherwise "not enough audit evidence";
+* the lower bound of the --confidence paired bootstrap interval of its audit F1 gain over
+  the champion (same tile resamples for both) is above --margin; a tie never promotes;
+* its source-holdout F1 is at most --max-source-drop below the source model's.
+
+The decision, its reasons and the intervals (``damnet.audit_f1_ci`` ...) are tags of the model
+version and decision.json. A rejected candidate ends the step with an error line and exit
+status 3 after the decision is recorded; the champion stays where it was.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 import mlflow
 
@@ -27,11 +36,34 @@ class PromotionRejected(DamnetError):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
-    p.add_argument("--margin", type=float, default=0.01, help="audit F1 the candidate must gain")
+    ev = registry.Evidence()
+    p.add_argument("--margin", type=float, default=0.01,
+                   help="audit F1 gain over the champion that the gain's lower bound must exceed")
     p.add_argument("--max-source-drop", type=float, default=0.05,
                    help="largest allowed drop of source-holdout F1 against the source model")
     p.add_argument("--required", default=",".join(registry.REQUIRED_METRICS),
-                   help="comma-separated metrics the candidate must have")
+                   help="comma-separated metrics the candidate must have (besides audit_f1 and source_f1)")
+    p.add_argument("--min-audit-tiles", type=_count, default=ev.min_tiles,
+                   help="fewer audit tiles than this: not enough audit evidence, no promotion")
+    p.add_argument("--min-change-tiles", type=_count, default=ev.min_change_tiles,
+                   help="fewer audit tiles with true change than this: not enough audit evidence")
+    p.add_argument("--confidence", type=_confidence, default=ev.confidence,
+                   help="level of the two-sided bootstrap interval whose lower bound must clear the margin")
+    p.add_argument("--resamples", type=_count, default=ev.resamples, help="bootstrap resamples of the audit tiles")
+
+
+def _count(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return v
+
+
+def _confidence(text: str) -> float:
+    v = float(text)
+    if not 0.5 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0.5 and below 1, got {text}")
+    return v
 
 
 def gate_inputs(metrics: dict) -> tuple[dict, dict | None, float | None]:
@@ -44,6 +76,7 @@ def gate_inputs(metrics: dict) -> tuple[dict, dict | None, float | None]:
         out = {}
         if "audit" in r:
             out["audit_f1"] = r["audit"].get("f1")
+            out["audit_confusions"] = r["audit"].get("per_tile") or {}
         if "source_holdout" in r:
             out["source_f1"] = r["source_holdout"].get("f1")
         return out
@@ -69,10 +102,15 @@ def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     evaluation = upstream(layout, "evaluate")
     finetune = upstream(layout, "finetune")
-    required = tuple(x.strip() for x in args.required.split(",") if x.strip())
+    # A model that could not be scored on audit tiles and the source holdout never becomes champion.
+    required = tuple(dict.fromkeys([*registry.REQUIRED_METRICS,
+                                    *(x.strip() for x in args.required.split(",") if x.strip())]))
+    evidence = registry.Evidence(min_tiles=args.min_audit_tiles, min_change_tiles=args.min_change_tiles,
+                                 confidence=args.confidence, resamples=args.resamples)
     inputs = {"evaluation": {"uri": evaluation["outputs"]["metrics"], "digest": evaluation["key"]},
               "candidate": {"uri": finetune["outputs"]["model"], "digest": finetune["key"]}}
-    params = {"margin": args.margin, "max_source_drop": args.max_source_drop, "required": list(required)}
+    params = {"margin": args.margin, "max_source_drop": args.max_source_drop, "required": list(required),
+              "evidence": asdict(evidence)}
 
     def body(run):
         metrics = read_json(evaluation["outputs"]["metrics"])
@@ -83,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
         else:
             champion_note = f"champion: {champion_model}"
         decision = registry.gate(candidate, champion, reference, margin=args.margin,
-                                 max_source_drop=args.max_source_drop, required=required)
+                                 max_source_drop=args.max_source_drop, required=required, evidence=evidence)
         decision.reasons.append(champion_note)
         name = registry.registered_name(layout.region)
         client = mlflow.MlflowClient()
@@ -97,16 +135,23 @@ def run(args: argparse.Namespace) -> None:
             version = str(info.registered_model_version)
         for k, v in client_tags.items():
             client.set_model_version_tag(name, version, k, v)
-        for k, v in candidate.items():
-            if v is not None:
-                client.set_model_version_tag(name, version, f"damnet.{k}", f"{v:.6f}")
+        for k in ("audit_f1", "source_f1"):
+            if isinstance(candidate.get(k), int | float):
+                client.set_model_version_tag(name, version, f"damnet.{k}", f"{candidate[k]:.6f}")
         registry.record_decision(client, name, version, decision)
+        scalars = lambda d: None if d is None else {k: v for k, v in d.items() if k != "audit_confusions"}  # noqa: E731
         result = {"registered_model": name, "version": version, "promoted": decision.promote,
-                  **decision.to_dict(), "candidate": candidate, "champion": champion,
+                  **decision.to_dict(), "candidate": scalars(candidate), "champion": scalars(champion),
                   "reference_source_f1": reference}
         write_json(run.path("decision.json"), result)
         run.outputs.update(decision=run.path("decision.json"))
         run.metrics.update(promoted=float(decision.promote))
+        audit = decision.checks.get("audit", {})
+        for who, metric in (("candidate", "audit_f1"), ("difference", "audit_f1_gain")):
+            if who in audit:
+                run.metrics.update({f"{metric}_low": audit[who]["low"], f"{metric}_high": audit[who]["high"]})
+        if "tiles" in audit:
+            run.metrics.update(audit_tiles=audit["tiles"], audit_change_tiles=audit["change_tiles"])
         run.info.update(registered={"name": name, "version": version})
         run.artifact(run.path("decision.json"))
         mlflow.set_tag("damnet.decision", "promoted" if decision.promote else "rejected")

@@ -59,16 +59,47 @@ def _steps_table(records: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def _validation(records: dict) -> str:
+def _validation_report_uri(layout: Layout, records: dict) -> str | None:
+    """The newest validation report: a failed run has no step record, only validate/latest.json."""
+    from components.validate import latest_uri
+
     r = records.get("validate")
-    if r is None:
+    uri = latest_uri(layout)
+    latest = read_json(uri) if storage.storage_for(uri).exists(uri) else None
+    if latest is not None and (r is None or latest.get("created", "") >= r.get("started", "")):
+        return latest["report"]
+    return r["outputs"]["report"] if r is not None else None
+
+
+def _validation(layout: Layout, records: dict) -> str:
+    uri = _validation_report_uri(layout, records)
+    if uri is None:
         return '<p class="muted">Validation has not run.</p>'
-    report = read_json(r["outputs"]["report"])
-    ok = report.get("success")
-    parts = [f'<p>Great Expectations suite: <span class="{"ok" if ok else "bad"}">'
-             f'{"passed" if ok else "failed"}</span>.</p>']
-    if report.get("failures"):
-        parts.append("<ul>" + "".join(f"<li>{html.escape(str(f))}</li>" for f in report["failures"]) + "</ul>")
+    report = read_json(uri)
+    ok, warned = report.get("success"), report.get("warnings") or []
+    verdict = ('<span class="bad">failed</span>' if not ok else
+               f'<span class="bad">passed with {len(warned)} warning(s)</span>' if warned else
+               '<span class="ok">passed</span>')
+    stats = report.get("statistics") or {}
+    parts = [f"<p>Great Expectations suite <code>{html.escape(str(report.get('suite_name', '')))}</code>: "
+             f"{verdict} ({stats.get('tiles', '?')} tiles in {stats.get('pairs', '?')} pair(s), "
+             f"{stats.get('successful_expectations', '?')} of {stats.get('evaluated_expectations', '?')} "
+             "expectations met).</p>"]
+    for title, lines in (("Failed (stop the region)", report.get("failures") or []), ("Warnings", warned)):
+        if lines:
+            parts.append(f"<p>{title}:</p><ul>" + "".join(f"<li>{html.escape(str(x))}</li>" for x in lines)
+                         + "</ul>")
+    pairs = stats.get("pair_misregistration_px") or {}
+    unknown = sorted(p for p, v in pairs.items() if v is None)
+    if pairs:
+        known = ", ".join(f"{html.escape(p)} {v:.1f} px" for p, v in pairs.items() if v is not None)
+        parts.append(f"<p>Misregistration per pair: {known or 'none measured'}"
+                     + (f"; not enough evidence to estimate (textured, agreeing patches) for {len(unknown)}: "
+                        f"{html.escape(', '.join(unknown))}" if unknown else "") + ".</p>")
+    docs = (report.get("paths") or {}).get("data_docs")
+    if docs:
+        parts.append(f'<p>Every check, tile by tile: <a href="{html.escape(docs)}">Great Expectations Data Docs'
+                     f"</a> (<code>{html.escape(docs)}</code>).</p>")
     dist = report.get("domain_distance")
     if dist:
         items = "".join(f"<li>{html.escape(str(k))}: {html.escape(_fmt(v))}</li>" for k, v in dist.items()
@@ -89,18 +120,57 @@ def _metrics(records: dict) -> str:
     metrics = read_json(r["outputs"]["metrics"])
     sets = [s for s in ("audit", "source_holdout") if any(s in m for m in metrics.values())]
     head = "<tr><th>model</th>" + "".join(
-        f"<th>{s} F1</th><th>{s} IoU</th><th>{s} precision</th><th>{s} recall</th><th>{s} AP</th>"
+        f"<th>{s} F1</th>" + ("<th>audit F1 90% interval</th>" if s == "audit" else "")
+        + f"<th>{s} IoU</th><th>{s} precision</th><th>{s} recall</th><th>{s} AP</th>"
         for s in sets) + "<th>reference</th></tr>"
     rows = [head]
+    rest = ("iou", "precision", "recall", "average_precision")
     for who, m in metrics.items():
-        cells = "".join(_num(m.get(s, {}).get(k)) for s in sets
-                        for k in ("f1", "iou", "precision", "recall", "average_precision"))
+        cells = "".join(_num(m.get(s, {}).get("f1")) + (_interval_cell(m.get(s, {})) if s == "audit" else "")
+                        + "".join(_num(m.get(s, {}).get(k)) for k in rest) for s in sets)
         rows.append(f"<tr><td><b>{html.escape(who)}</b></td>{cells}<td><code>{html.escape(m['model'])}"
                     "</code></td></tr>")
     out = "<table>" + "".join(rows) + "</table>"
     out += _img(r["outputs"]["confusion"], alt="confusion matrices")
     out += _img(r["outputs"]["pr_curves"], alt="precision-recall curves")
     return out
+
+
+def _interval_cell(r: dict) -> str:
+    """The F1 interval over audit tiles of one model, with how many tiles it rests on."""
+    ci = r.get("f1_interval")
+    if "per_tile" not in r:
+        return '<td class="muted">-</td>'
+    tiles = f"{r['tiles']} tiles, {r.get('change_tiles', 0)} with change"
+    if not ci:
+        return f'<td class="muted">undefined ({html.escape(tiles)})</td>'
+    return f'<td class="num">{ci["low"]:.2f}-{ci["high"]:.2f} ({html.escape(tiles)})</td>'
+
+
+def _evidence(d: dict) -> str:
+    """The gate's audit evidence: each F1 with its interval, the gain's interval, and the rule."""
+    audit = d.get("checks", {}).get("audit", {})
+    if "tiles" not in audit:
+        return ""
+    out = [f"<p>Audit evidence: {audit['tiles']} tile(s), {audit['change_tiles']} with true change: "
+           + ('<span class="ok">enough to decide</span>' if audit.get("evidence") == "enough"
+              else '<span class="bad">not enough audit evidence</span>') + ".</p>"]
+    rows = [(who, audit[key]) for who, key in (("candidate audit F1", "candidate"), ("champion audit F1", "champion"),
+                                              ("gain (candidate - champion, paired)", "difference")) if key in audit]
+    if rows:
+        level = f"{rows[0][1]['confidence'] * 100:g}%"
+        body = "".join(f"<tr><td>{html.escape(who)}</td>"
+                       + "".join(_num(ci[k], "{:+.3f}" if "gain" in who else "{:.3f}")
+                                 for k in ("estimate", "low", "high"))
+                       + "</tr>" for who, ci in rows)
+        out.append(f"<table><tr><th></th><th>estimate</th><th>{level} interval: low</th><th>high</th></tr>"
+                   f"{body}</table>")
+        margin = audit.get("margin", 0)
+        out.append(f'<p class="muted">Rule: promoted only if the lower bound of the gain\'s {level} interval '
+                   f"(bootstrap over audit tiles, both models on the same resamples) is above the margin "
+                   f"{margin:g}" + ("; a tie never promotes.</p>" if margin >= 0 else
+                                   " (a negative margin accepts a candidate up to that much worse).</p>"))
+    return "".join(out)
 
 
 def _decision(records: dict) -> str:
@@ -112,7 +182,7 @@ def _decision(records: dict) -> str:
                else '<span class="bad">not promoted</span> (challenger only; the champion is unchanged)')
     reasons = "".join(f"<li>{html.escape(x)}</li>" for x in d["reasons"])
     return (f"<p><code>{html.escape(d['registered_model'])}</code> version {html.escape(str(d['version']))}: "
-            f"{verdict}</p><ul>{reasons}</ul>")
+            f"{verdict}</p><ul>{reasons}</ul>{_evidence(d)}")
 
 
 def _selection(records: dict, max_tiles: int) -> str:
@@ -165,7 +235,7 @@ def render(layout: Layout, records: dict, max_tiles: int = 24) -> str:
         ("Metrics: candidate vs champion", _metrics(records)),
         ("Change maps", _maps(records)),
         ("Micro-label selection", _selection(records, max_tiles)),
-        ("Imagery validation", _validation(records)),
+        ("Imagery validation", _validation(layout, records)),
         ("Steps", _steps_table(records)),
     ]
     body = "".join(f"<h2>{h}</h2>{s}" for h, s in sections)

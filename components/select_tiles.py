@@ -1,5 +1,9 @@
 """Pick the micro-label set (a label budget of the region's tiles) and a random audit set.
 
+The audit set is what the promotion gate decides on, so it must be large enough to decide:
+by default 1 % of the region's tiles but at least 20 (--min-audit; at most half the region);
+an explicit count (``--audit 30``) is taken as it is.
+
 Inputs: the adapted model, the region's tiles and, with ``--reference source``, the source
 model the region was adapted from, whose disagreement with the adapted model points the
 ``combined`` selector at changes adaptation made the model blind to (damnet/select.py; off by
@@ -33,11 +37,39 @@ def budget(text: str) -> float:
     return v
 
 
+DEFAULT_AUDIT = 0.01  #: share of the region's tiles in the audit set ...
+DEFAULT_MIN_AUDIT = 20  #: ... but at least this many (promote's gate wants >= 10, 5 with change)
+
+
+def _whole(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return v
+
+
+def audit_count(audit: float, n_tiles: int, minimum: int = DEFAULT_MIN_AUDIT) -> int:
+    """How many audit tiles a region of ``n_tiles`` gets.
+
+    A count (``audit >= 1``) is taken as it is. A share (``audit < 1``) of the region is raised
+    to ``minimum`` tiles, a floor capped at half the region so the micro-label pool keeps the
+    other half: 1 % of 60 tiles would be one tile, on which no gate can decide (a one-tile audit
+    set once promoted a model whose F1 on the rest of its region was 2 %).
+    """
+    if audit >= 1:
+        return budget_count(audit, n_tiles)
+    return max(budget_count(audit, n_tiles), min(minimum, n_tiles // 2))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
     p.add_argument("--budget", type=budget, default=DEFAULT_BUDGET,
                    help="tiles to label: a share of the region (< 1) or a count (>= 1)")
-    p.add_argument("--audit", type=budget, default=0.01, help="audit tiles: share (< 1) or count")
+    p.add_argument("--audit", type=budget, default=DEFAULT_AUDIT,
+                   help="audit tiles: a share of the region (< 1; raised to --min-audit) or an exact count (>= 1)")
+    p.add_argument("--min-audit", type=_whole, default=DEFAULT_MIN_AUDIT,
+                   help="fewest audit tiles a share gives (at most half the region): the promotion gate "
+                   "needs enough audit tiles to decide")
     p.add_argument("--selector", choices=SELECTORS, default="combined")
     p.add_argument("--reference", choices=("none", "source"), default="none",
                    help="second opinion for the scores: none (the adapted model's uncertainty alone) or "
@@ -57,8 +89,11 @@ def run(args: argparse.Namespace) -> None:
               "model": {"uri": adapt["outputs"]["model"], "digest": adapt["key"]}}
     if args.reference == "source":
         inputs["reference"] = adapt["inputs"]["source_model"]
+    n_audit = audit_count(args.audit, len(tiles), args.min_audit)
     params = {"budget": args.budget, "audit": args.audit, "selector": args.selector,
               "mc_samples": args.mc_samples, "seed": args.seed}
+    if args.audit < 1:  # the floor changes a share's audit set (an exact count keeps its key)
+        params["min_audit"] = args.min_audit
     n = budget_count(args.budget, len(tiles))
     if n > max(1, args.max_label_share * len(tiles)):
         raise StepError(f"a budget of {n} tile(s) is {n / len(tiles):.1%} of region {layout.region!r} "
@@ -69,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
         reference = registry.load_model(inputs["reference"]["uri"])[0] if "reference" in inputs else None
         scores = score_region(model, tiles, mc_samples=args.mc_samples, device=args.device,
                               reference=reference)
-        sel = select(scores, args.budget, args.selector, audit=args.audit, seed=args.seed)
+        sel = select(scores, args.budget, args.selector, audit=n_audit, seed=args.seed)
         write_json(run.path("selection.json"), sel.to_dict())
         lines = ["tile_id,set,entropy,margin,mutual_info,change_fraction,disagreement"]
         sets = {t: "train" for t in sel.train} | {t: "audit" for t in sel.audit}

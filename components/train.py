@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> None:
         run.metrics.update(train_seconds=result.seconds, parameters=count_parameters(model),
                            train_tiles=len(train_ids), holdout_tiles=len(holdout_ids))
         holdout = tiles.subset([index[t] for t in holdout_ids]) if holdout_ids else None
-        f1 = None
+        f1, per_tile = None, {}
         if holdout is not None:
-            conf = evaluate(model, holdout, device=args.device)
+            conf = evaluate(model, holdout, device=args.device, per_tile=per_tile)
             f1 = conf.f1
             run.metrics.update({f"holdout_{k}": v for k, v in conf.as_dict().items()})
         name = registry.registered_name(layout.region)
@@ -66,13 +66,14 @@ def run(args: argparse.Namespace) -> None:
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
         champion = registry.alias_version(client, name, registry.CHAMPION)
-        champ_f1 = None
+        champ_f1, champ_tiles = None, {}
         if champion is not None and holdout is not None:
             champ_model, _ = registry.load_model(f"models:/{name}/{champion.version}")
-            champ_f1 = evaluate(champ_model, holdout, device=args.device).f1
-        decision = registry.gate({"audit_f1": f1 if f1 is not None else 0.0, "source_f1": 1.0},
-                                 None if champion is None else {"audit_f1": champ_f1},
-                                 None, margin=args.margin if champion is not None else 0.0)
+            champ_f1 = evaluate(champ_model, holdout, device=args.device, per_tile=champ_tiles).f1
+        # The holdout is this gate's audit set (the same rule as promote, evidence included).
+        decision = registry.gate({"audit_f1": f1, "audit_confusions": per_tile},
+                                 None if champion is None else {"audit_f1": champ_f1, "audit_confusions": champ_tiles},
+                                 None, margin=args.margin if champion is not None else 0.0, required=("audit_f1",))
         if champion is None:
             decision = registry.Decision(True, ["first model of " + name], decision.checks)
         registry.record_decision(client, name, version, decision)

@@ -19,10 +19,13 @@ def change_probability(model: ChangeNet, pre: torch.Tensor, post: torch.Tensor) 
 @torch.no_grad()
 def evaluate(model: ChangeNet, tiles: TileSet, batch_size: int = 8, threshold: float = 0.5,
              device: str = "auto", progress: bool | None = None,
-             histogram: ScoreHistogram | None = None) -> Confusion:
+             histogram: ScoreHistogram | None = None,
+             per_tile: dict[str, Confusion] | None = None) -> Confusion:
     """One confusion matrix summed over every valid pixel of ``tiles`` (which need labels).
 
     With ``histogram``, every valid pixel's change probability is also added to it (PR curves).
+    With ``per_tile``, each tile's own confusion matrix is stored in it under its tile id
+    (what :func:`damnet.metrics.bootstrap_f1` resamples).
     """
     from tqdm.auto import tqdm
 
@@ -31,12 +34,17 @@ def evaluate(model: ChangeNet, tiles: TileSet, batch_size: int = 8, threshold: f
     dev = resolve_device(device)
     model.to(dev).eval()
     conf = Confusion()
+    ids = tiles.ids if per_tile is not None else []
     batches = tiles.iter_batches(batch_size)
     for b in tqdm(batches, total=-(-len(tiles) // batch_size), desc="evaluate", unit="batch",
                   leave=False, disable=None if progress is None else not progress):
         b = b.to(dev)
         prob = change_probability(model, b.pre, b.post)
-        conf.update(prob >= threshold, b.label, b.valid)
+        pred = prob >= threshold
+        conf.update(pred, b.label, b.valid)
+        if per_tile is not None:
+            for j, i in enumerate(b.index.tolist()):
+                per_tile[ids[i]] = Confusion().update(pred[j], b.label[j], b.valid[j])
         if histogram is not None:
             histogram.update(prob, b.label, b.valid)
     return conf

@@ -11,7 +11,10 @@ file, so nothing is unpickled when it loads, and it takes any input size divisib
 model per region (``damnet-<region>``) plus the source model (``damnet-source``); aliases
 ``champion`` (serving) and ``challenger`` (the latest candidate).
 
-:func:`gate` is the promotion rule, a pure function of the metrics, so it is tested alone.
+:func:`gate` is the promotion rule, a pure function of the metrics, so it is tested alone:
+the candidate must be *shown* to beat the champion on the audit tiles (the lower bound of a
+paired bootstrap interval of the F1 gain clears the margin), on an audit set large enough to
+decide, without forgetting the source.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 from damnet import storage
 from damnet.errors import DamnetError
+from damnet.metrics import Interval, bootstrap_f1, bootstrap_f1_difference, confusion_counts
 from damnet.models import ChangeNet, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -137,8 +141,35 @@ class Decision:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def tags(self) -> dict[str, str]:
+        """Model-version tags of the audit evidence, e.g. ``damnet.audit_f1_ci`` = ``"0.41-0.63"``."""
+        audit = self.checks.get("audit", {})
+        tags = {"damnet.evidence": audit.get("evidence", "not checked")}
+        for key in ("tiles", "change_tiles"):
+            if key in audit:
+                tags[f"damnet.audit_{key}"] = str(audit[key])
+        if "candidate" in audit:
+            ci = Interval(**audit["candidate"])
+            tags["damnet.audit_f1_ci"] = ci.text()
+            tags["damnet.audit_f1_ci_level"] = f"{ci.confidence:g}"
+        if "difference" in audit:
+            tags["damnet.audit_f1_gain_ci"] = Interval(**audit["difference"]).text(signed=True)
+        return tags
+
 
 REQUIRED_METRICS = ("audit_f1", "source_f1")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate asks of the audit set before audit F1 may decide, and how it measures
+    the uncertainty (a percentile bootstrap over audit tiles, :mod:`damnet.metrics`)."""
+
+    min_tiles: int = 10  #: audit tiles
+    min_change_tiles: int = 5  #: audit tiles with at least one truly changed pixel
+    confidence: float = 0.9  #: two-sided interval; its lower bound is a one-sided 95 % bound
+    resamples: int = 2000
+    seed: int = 0
 
 
 def _number(metrics: dict, key: str) -> float | None:
@@ -146,41 +177,107 @@ def _number(metrics: dict, key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
 
+def _pct(confidence: float) -> str:
+    return f"{confidence * 100:g}%"
+
+
+def _audit_check(candidate: dict, champion: dict | None, margin: float, ev: Evidence) -> tuple[bool, str, dict]:
+    """(passed, reason, checks) of the audit comparison; see :func:`gate`."""
+    tiles = candidate.get("audit_confusions") or {}
+    if not tiles:
+        return False, ("not enough audit evidence: the evaluation has no per-tile audit results "
+                       "(re-run evaluate)"), {"evidence": "not enough", "tiles": 0}
+    counts = confusion_counts(tiles)
+    changed = counts[:, 0] + counts[:, 2]
+    checks = {"tiles": len(counts), "change_tiles": int((changed > 0).sum()),
+              "changed_pixels": int(changed.sum()), "margin": margin, "evidence": "not enough"}
+    n, k = checks["tiles"], checks["change_tiles"]
+    if n < ev.min_tiles:
+        return False, (f"not enough audit evidence: {n} audit tile{'s' if n != 1 else ''}, the gate needs "
+                       f"at least {ev.min_tiles} to decide (label more: select --audit)"), checks
+    if k == 0:
+        return False, (f"not enough audit evidence: none of the {n} audit tiles holds a changed pixel, "
+                       "so audit F1 is undefined"), checks
+    if k < ev.min_change_tiles:
+        return False, (f"not enough audit evidence: {k} of {n} audit tiles hold true change, the gate "
+                       f"needs at least {ev.min_change_tiles} (label more: select --audit)"), checks
+    champ_tiles = None
+    if champion is not None:
+        champ_tiles = champion.get("audit_confusions") or {}
+        if sorted(champ_tiles) != sorted(tiles):
+            return False, ("the champion was not scored on the same audit tiles: the two cannot be "
+                           "compared (re-run evaluate)"), checks
+    checks["evidence"] = "enough"
+    opts = {"confidence": ev.confidence, "resamples": ev.resamples, "seed": ev.seed}
+    cand = bootstrap_f1(tiles, **opts)
+    checks["candidate"] = cand.as_dict()
+    pct = _pct(ev.confidence)
+    head = (f"audit F1 {cand.estimate:.3f} ({pct} interval {cand.text()}, {n} tile{'s' if n != 1 else ''}, "
+            f"{k} with change)")
+    if champ_tiles is None:  # compared with a model that finds nothing (F1 0)
+        gain, low = cand.estimate, cand.low
+        head += ", no champion to compare with"
+        what = f"its lower bound {low:.3f}"
+    else:
+        order = list(tiles)
+        champ_values = [champ_tiles[t] for t in order]
+        champ = bootstrap_f1(champ_values, **opts)
+        diff = bootstrap_f1_difference([tiles[t] for t in order], champ_values, **opts)
+        checks["champion"], checks["difference"] = champ.as_dict(), diff.as_dict()
+        gain, low = diff.estimate, diff.low
+        head += (f", against the champion's {champ.estimate:.3f} ({champ.text()}): gain {gain:+.3f} "
+                 f"({pct} interval {diff.text(signed=True)})")
+        what = f"the gain's lower bound {low:+.3f}"
+    if champ_tiles is not None and abs(gain) < 1e-12 and margin >= 0:  # the rule refuses it anyway: say why
+        return False, f"{head}: a tie never promotes", checks
+    if low > margin:
+        return True, f"{head}; {what} clears the margin {margin:g}", checks
+    return False, f"{head}; {what} does not clear the margin {margin:g}: not shown to be better", checks
+
+
 def gate(candidate: dict, champion: dict | None, reference_source_f1: float | None,
          margin: float = 0.01, max_source_drop: float = 0.05,
-         required: tuple[str, ...] = REQUIRED_METRICS) -> Decision:
+         required: tuple[str, ...] = REQUIRED_METRICS, evidence: Evidence | None = None) -> Decision:
     """Should ``candidate`` replace ``champion``?
 
+    ``candidate`` / ``champion``: ``audit_f1``, ``source_f1`` and ``audit_confusions`` (tile id
+    -> that tile's ``tp, fp, fn, tn`` on the audit set; the champion scored on the same tiles).
+    The candidate is promoted only if all of these hold:
+
     * every metric in ``required`` is present (and finite) for the candidate;
-    * its audit F1 beats the champion's by at least ``margin`` (no champion: it must beat 0);
+    * the audit set is evidence enough to decide (``evidence``): at least ``min_tiles`` audit
+      tiles, at least ``min_change_tiles`` of them with a truly changed pixel (with none, F1 is
+      undefined). Otherwise: "not enough audit evidence", never a promotion;
+    * the candidate is shown to beat the champion: the lower bound of the ``confidence``
+      (default 90 %) paired-bootstrap interval of F1(candidate) - F1(champion), both scored on
+      the same tile resamples, is above ``margin`` (no champion: the lower bound of the
+      candidate's own F1 interval is). So a tie (gain 0) never promotes at a margin >= 0; a
+      negative margin is an explicit override that accepts a candidate up to that much worse;
     * its source-holdout F1 is at most ``max_source_drop`` below ``reference_source_f1``
-      (the source model's, on the same holdout): adaptation may not forget the source.
+      (the source model's, on the same holdout): adaptation may not forget the source. When
+      ``source_f1`` is required, a missing reference refuses too.
     """
-    reasons, checks = [], {}
+    ev = evidence or Evidence()
     missing = [k for k in required if _number(candidate, k) is None]
     if missing:
-        reasons.append(f"candidate lacks required metric(s): {', '.join(missing)}")
-        return Decision(False, reasons, {"missing": missing})
-    cand_f1 = _number(candidate, "audit_f1")
-    champ_f1 = None if champion is None else _number(champion, "audit_f1")
-    if champion is not None and champ_f1 is None:
-        reasons.append("champion has no audit_f1 on this audit set; it cannot be compared")
-        return Decision(False, reasons, {"missing": ["champion.audit_f1"]})
-    bar = (champ_f1 if champ_f1 is not None else 0.0) + margin
-    checks["audit_f1"] = {"candidate": cand_f1, "champion": champ_f1, "needed": bar}
-    ok_audit = cand_f1 >= bar if champ_f1 is not None else cand_f1 > 0
-    who = f"champion {champ_f1:.4f} + margin {margin}" if champ_f1 is not None else "0 (no champion)"
-    reasons.append(f"audit F1 {cand_f1:.4f} {'beats' if ok_audit else 'does not beat'} {who}")
+        return Decision(False, [f"candidate lacks required metric(s): {', '.join(missing)}"],
+                        {"missing": missing})
+    ok_audit, reason, audit_checks = _audit_check(candidate, champion, margin, ev)
+    reasons, checks = [reason], {"audit": audit_checks}
     ok_source = True
-    if reference_source_f1 is not None:
-        src = _number(candidate, "source_f1")
+    src = _number(candidate, "source_f1")
+    if reference_source_f1 is not None and src is not None:
         drop = reference_source_f1 - src
         ok_source = drop <= max_source_drop
         checks["source_f1"] = {"candidate": src, "reference": reference_source_f1, "drop": drop,
                                "max_drop": max_source_drop}
-        reasons.append(f"source holdout F1 {src:.4f} is {drop:+.4f} below the source model's "
-                       f"{reference_source_f1:.4f} ({'within' if ok_source else 'beyond'} "
-                       f"{max_source_drop})")
+        where = f"{drop:.3f} below" if drop > 0 else ("level with" if drop == 0 else f"{-drop:.3f} above")
+        reasons.append(f"source-holdout F1 {src:.3f} is {where} the source model's {reference_source_f1:.3f} "
+                       f"({'within' if ok_source else 'beyond'} the allowed drop of {max_source_drop:g})")
+    elif "source_f1" in required:
+        ok_source = False
+        reasons.append("source-holdout F1 cannot be checked: the source model has no score on the "
+                       "source holdout")
     return Decision(ok_audit and ok_source, reasons, checks)
 
 
@@ -189,6 +286,8 @@ def record_decision(client, name: str, version: str, decision: Decision) -> None
     client.set_model_version_tag(name, version, "damnet.decision",
                                  "promoted" if decision.promote else "rejected")
     client.set_model_version_tag(name, version, "damnet.reasons", "; ".join(decision.reasons)[:4900])
+    for key, value in decision.tags().items():
+        client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)

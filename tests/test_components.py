@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -101,6 +102,7 @@ def test_a_malformed_label_export_is_rejected_and_nothing_is_stored(region, bad,
 
 def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
     a = region["args"]
+    small = ["--min-audit-tiles", "4", "--min-change-tiles", "1"]  # the fixture's audit set is 4 tiles
     assert main(["import-labels", *a]) == 2  # nothing in the inbox yet
     assert "no labels yet" in capsys.readouterr().err
     assert main(["simulate-labeler", *a, "--truth", str(region["truth"])]) == 0
@@ -126,6 +128,13 @@ def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
     assert set(metrics) == {"candidate", "champion"}  # the champion is the source model here
     assert metrics["champion"]["model"].startswith("models:/damnet-source/")
     assert {"audit", "source_holdout"} <= set(metrics["candidate"])
+    # Each audit tile's confusion matrix (what the gate resamples), for both models.
+    audit_ids = {t for t, v in labels.items() if v["set"] == "audit"}
+    for who in ("candidate", "champion"):
+        per_tile = metrics[who]["audit"]["per_tile"]
+        assert set(per_tile) == audit_ids
+        assert [sum(c[k] for c in per_tile.values()) for k in range(4)] == [
+            metrics[who]["audit"][k] for k in ("tp", "fp", "fn", "tn")]
     assert Path(ev["outputs"]["pr_curves"]).stat().st_size > 1000
 
     client = mlflow.MlflowClient()
@@ -139,39 +148,46 @@ def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
 
         mp.setattr(damnet.registry, "record_decision", crash)
         with pytest.raises(ConnectionError):
-            main(["promote", *a, "--margin", "2"])
+            main(["promote", *a, "--margin", "2", *small])
     assert [str(v.version) for v in client.search_model_versions("name='damnet-newtown'")] == ["1"]
     assert not (region["store"] / "regions/newtown/steps/promote.json").exists()
     # A gate no model can pass: refused, recorded, champion untouched.
-    assert main(["promote", *a, "--margin", "2"]) == 3
+    assert main(["promote", *a, "--margin", "2", *small]) == 3
     err = capsys.readouterr().err
-    assert "was not promoted" in err and "does not beat" in err
+    assert "was not promoted" in err and re.search("does not clear the margin 2|a tie never promotes", err)
     v1 = client.get_model_version("damnet-newtown", "1")
     assert v1.tags["damnet.decision"] == "rejected"
     assert str(client.get_model_version_by_alias("damnet-newtown", "challenger").version) == "1"
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias("damnet-newtown", "champion")
+    # With the default evidence bar, 4 audit tiles cannot decide, whatever the margin.
+    assert main(["promote", *a, "--margin", "-1", "--max-source-drop", "1"]) == 3
+    assert "not enough audit evidence: 4 audit tiles, the gate needs at least 10" in capsys.readouterr().err
     # A required metric that evaluation does not produce: refused.
     assert main(["promote", *a, "--margin", "-1", "--required", "audit_f1,source_f1,kappa"]) == 3
     assert "lacks required metric(s): kappa" in capsys.readouterr().err
     # A gate it passes: champion.
-    assert main(["promote", *a, "--margin", "-1", "--max-source-drop", "1"]) == 0
+    assert main(["promote", *a, "--margin", "-1", "--max-source-drop", "1", *small]) == 0
     champion = client.get_model_version_by_alias("damnet-newtown", "champion")
     assert champion.tags["damnet.decision"] == "promoted"
+    assert re.fullmatch(r"[01]\.\d\d-[01]\.\d\d", champion.tags["damnet.audit_f1_ci"])
+    assert champion.tags["damnet.audit_tiles"] == "4" and champion.tags["damnet.evidence"] == "enough"
     # Re-running evaluation and the same promotion does nothing new, although the champion
     # is now the candidate itself (it keeps the comparison it won).
     capsys.readouterr()
     assert main(["evaluate", *a]) == 0
-    assert main(["promote", *a, "--margin", "-1", "--max-source-drop", "1"]) == 0
+    assert main(["promote", *a, "--margin", "-1", "--max-source-drop", "1", *small]) == 0
     out = capsys.readouterr().out
     assert "evaluate: up to date" in out and "promote: up to date" in out
-    assert len(client.search_model_versions("name='damnet-newtown'")) == 3
+    assert len(client.search_model_versions("name='damnet-newtown'")) == 4
 
     # The champion is what predict uses by default; the report shows the decision.
     assert main(["predict", *a, "--tile", "128", "--overlap", "32"]) == 0
     assert main(["report", *a]) == 0
     page = Path(record(region, "report")["outputs"]["report"]).read_text()
     assert "promoted to champion" in page and "scene_000" in page
+    assert "audit F1 90% interval" in page and "Audit evidence: 4 tile(s)" in page
+    assert f"{champion.tags['damnet.audit_f1_ci'].split('-')[0]}-" in page
 
     # The nightly check: the champion on its audit set, against its F1 at promotion.
     assert main(["rescore", *a]) == 0
@@ -191,8 +207,18 @@ def test_validation_failure_stops_with_a_summary_and_keeps_the_data_docs(region,
     assert not (store / "regions/newtown/steps/validate.json").exists()
     docs = list((store / "regions/newtown/validate").rglob("data_docs/index.html"))
     assert docs, "the Data Docs of a failed validation are kept"
+    # The region report shows the failed validation, why it failed, and links its Data Docs.
+    assert main(["report", "--store", str(store), "--region", "newtown", "--force"]) == 0
+    page = Path(record(region, "report")["outputs"]["report"]).read_text()
+    assert "Validation has not run" not in page
+    assert '<span class="bad">failed</span>' in page and "expected at least 1000" in page
+    assert f'href="{docs[0]}"' in page
     assert main(["validate", "--store", str(store), "--region", "newtown", "--min-tiles", "4"]) == 0
     assert record(region, "validate")["metrics"]["passed"] == 1.0
+    assert main(["report", "--store", str(store), "--region", "newtown", "--force"]) == 0
+    page = Path(record(region, "report")["outputs"]["report"]).read_text()
+    assert "expected at least 1000" not in page and "Great Expectations suite" in page
+    assert '<span class="bad">failed</span>' not in page
 
 
 def test_tiles_that_the_region_no_longer_has_are_one_clear_error(region):

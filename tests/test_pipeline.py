@@ -47,7 +47,8 @@ def test_a_region_runs_end_to_end_on_s3_with_an_mlflow_server(s3_bucket, mlflow_
         step("finetune", *region, "--steps", "10", *TINY)
         step("evaluate", *region)
         # The chain is under test here, not model quality: a gate every candidate passes.
-        step("promote", *region, "--margin", "-1", "--max-source-drop", "1")
+        step("promote", *region, "--margin", "-1", "--max-source-drop", "1", "--min-audit-tiles", "4",
+             "--min-change-tiles", "1")
         step("predict", *region, "--tile", "128", "--overlap", "32")
         step("report", *region)
 
