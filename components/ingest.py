@@ -24,11 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bands", default=None,
                    help="R,G,B bands of imagery with other than 3 bands: 1-based numbers "
                    "(e.g. 3,2,1 for Sentinel-2 B02,B03,B04,B08 files) or band descriptions "
-                   "(e.g. B04,B03,B02)")
+                   "(e.g. B04,B03,B02); unset or empty (--bands=): exactly 3 bands")
     p.add_argument("--label-threshold", type=int, default=DEFAULT_LABEL_THRESHOLD,
                    help="a label pixel is change when its value is above this (0..254; "
                    "values on 0..255, 0/1 labels read as 0/255, colour labels by their "
-                   "largest component, transparent pixels as 0; default %(default)s)")
+                   "largest component, transparent pixels as 0; 0 for class-number labels; "
+                   "default %(default)s)")
     p.add_argument("--require-labels", action="store_true")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad pairs with a warning line each instead of failing")

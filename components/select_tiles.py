@@ -27,7 +27,15 @@ from components.step import (
 )
 from components.training import tiles_of
 from damnet import registry, storage
-from damnet.select import DEFAULT_BUDGET, SELECTORS, budget_count, score_region, select
+from damnet.select import (
+    DEFAULT_BUDGET,
+    DEFAULT_MIN_AUDIT,
+    SELECTORS,
+    audit_count,
+    budget_count,
+    score_region,
+    select,
+)
 
 
 def budget(text: str) -> float:
@@ -37,8 +45,7 @@ def budget(text: str) -> float:
     return v
 
 
-DEFAULT_AUDIT = 0.01  #: share of the region's tiles in the audit set ...
-DEFAULT_MIN_AUDIT = 20  #: ... but at least this many (promote's gate wants >= 10, 5 with change)
+DEFAULT_AUDIT = 0.01  #: share of the region's tiles in the audit set (raised to --min-audit)
 
 
 def _whole(text: str) -> int:
@@ -46,19 +53,6 @@ def _whole(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
     return v
-
-
-def audit_count(audit: float, n_tiles: int, minimum: int = DEFAULT_MIN_AUDIT) -> int:
-    """How many audit tiles a region of ``n_tiles`` gets.
-
-    A count (``audit >= 1``) is taken as it is. A share (``audit < 1``) of the region is raised
-    to ``minimum`` tiles, a floor capped at half the region so the micro-label pool keeps the
-    other half: 1 % of 60 tiles would be one tile, on which no gate can decide (a one-tile audit
-    set once promoted a model whose F1 on the rest of its region was 2 %).
-    """
-    if audit >= 1:
-        return budget_count(audit, n_tiles)
-    return max(budget_count(audit, n_tiles), min(minimum, n_tiles // 2))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -24,10 +24,21 @@ params = {
     "source_region": Param("source", type="string", pattern=REGION_PATTERN),
     "compute_profile": Param("cpu", type="string", enum=PROFILES),
     "finetune_steps": Param(0, type="integer", minimum=0, description="0: the compute profile's default"),
-    "margin": Param(0.01, type="number", minimum=0, maximum=1,
-                    description="audit F1 the candidate must gain over the champion (>= 0: never promote worse)"),
-    "max_source_drop": Param(0.05, type="number", minimum=0, maximum=0.2),
     "predict_tile": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32),
+    # The promotion gate; defaults: those of `damnet promote` (damnet.registry.Evidence; not
+    # imported here: parse time stays cheap). tests/test_dags.py keeps the two in step.
+    "margin": Param(0.01, type="number", minimum=0, maximum=1, section="Promotion gate",
+                    description="the gain's lower bound (90 % paired bootstrap over audit tiles) must exceed "
+                    "this; >= 0: a tie never promotes"),
+    "max_source_drop": Param(0.05, type="number", minimum=0, maximum=0.2, section="Promotion gate",
+                             description="largest allowed drop of source-holdout F1 against the source model"),
+    "min_audit_tiles": Param(10, type="integer", minimum=1, section="Promotion gate",
+                             description="fewer audit tiles: not enough audit evidence, no promotion"),
+    "min_change_tiles": Param(5, type="integer", minimum=1, section="Promotion gate",
+                              description="fewer audit tiles with true change: not enough audit evidence"),
+    "confidence": Param(0.9, type="number", minimum=0.5, exclusiveMaximum=1, section="Promotion gate",
+                        description="level of the two-sided paired bootstrap interval whose lower bound "
+                        "must clear the margin"),
 }
 STEPS = steps_template("finetune_steps", {"cpu-small": 40, "cpu": 100, "gpu": 2000})
 DEVICE = DEVICE_TEMPLATE
@@ -43,7 +54,10 @@ def damnet_finetune():
                                          "--steps", STEPS, "--device", DEVICE], gpu=True)
     evaluate = step_task(S, "evaluate", [*region, "--source-region", "{{ params.source_region }}"])
     promote = step_task(S, "promote", [*region, "--margin", "{{ params.margin }}",
-                                       "--max-source-drop", "{{ params.max_source_drop }}"], retries=0)
+                                       "--max-source-drop", "{{ params.max_source_drop }}",
+                                       "--min-audit-tiles", "{{ params.min_audit_tiles }}",
+                                       "--min-change-tiles", "{{ params.min_change_tiles }}",
+                                       "--confidence", "{{ params.confidence }}"], retries=0)
     predict = step_task(S, "predict", [*region, "--tile", "{{ params.predict_tile }}", "--device", DEVICE],
                         gpu=True)
     report = step_task(S, "report", region, trigger_rule=TriggerRule.ALL_DONE)

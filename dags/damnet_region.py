@@ -24,22 +24,23 @@ S = settings_mod.load()
 params = {
     "region": Param("newtown", type="string", pattern=REGION_PATTERN,
                     description="region name: lower-case letters, digits, '-'"),
-    "imagery": Param("", type="string", pattern=URI_PATTERN,
-                     description="imagery folder or s3:// prefix (empty: STORE/imagery/REGION)"),
     "source_model": Param("models:/damnet-source@champion", type="string",
                           pattern=r"^models:/[A-Za-z0-9._-]+(@[A-Za-z0-9_-]+|/[0-9]+)$|^(s3://|/)[A-Za-z0-9._/=+-]+\.pt$",
                           description="registry URI or model file to adapt"),
     "source_region": Param("source", type="string", pattern=REGION_PATTERN),
     "label_budget": Param(0.003, type="number", exclusiveMinimum=0,
                           description="tiles to label: share (< 1) or count (>= 1)"),
-    "audit": Param(0.01, type="number", exclusiveMinimum=0),
+    "audit": Param(0.01, type="number", exclusiveMinimum=0,
+                   description="audit tiles: share (< 1; raised to min_audit) or count (>= 1)"),
+    "min_audit": Param(20, type="integer", minimum=0,
+                       description="fewest audit tiles a share gives (at most half the region): the "
+                       "promotion gate needs enough audit tiles to decide (>= 10, 5 with change)"),
     "max_label_share": Param(0.01, type="number", exclusiveMinimum=0, maximum=1),
     "selector": Param("combined", type="string", enum=SELECTORS),
     "reference": Param("none", type="string", enum=["none", "source"],
                        description="source: the combined selector also asks the source model for a "
                        "second opinion (tiles it disputes with the adapted model; see docs/benchmarks.md)"),
     "compute_profile": Param("cpu", type="string", enum=PROFILES),
-    "tile_size": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32),
     "pretrain": Param(False, type="boolean", description="MAE-pretrain the encoder on both domains first"),
     "adapt_steps": Param(0, type="integer", minimum=0, description="0: the compute profile's default"),
     # defaults: those of damnet.train.MODES["adapt"] (not imported here: no torch at parse time)
@@ -52,6 +53,18 @@ params = {
     "lambda_adv": Param(0.001, type="number", minimum=0, maximum=1,
                         description="weight of the adversarial term in adaptation (0.01 with restyle 0.5 "
                         "and match_gsd: the benchmark's best; fine-tuning keeps its own 0.001)"),
+    # Imagery and tiling; defaults of bands and label_threshold: those of `damnet ingest` (not
+    # imported here). tests/test_dags.py keeps the two in step.
+    "imagery": Param("", type="string", pattern=URI_PATTERN, section="Imagery",
+                     description="imagery folder or s3:// prefix (empty: STORE/imagery/REGION)"),
+    "tile_size": Param(256, type="integer", minimum=32, maximum=2048, multipleOf=32, section="Imagery"),
+    "bands": Param("", type="string", pattern=r"^$|^[^,]+,[^,]+,[^,]+$", section="Imagery",
+                   description="R,G,B band numbers or descriptions, e.g. 3,2,1 or B04,B03,B02 "
+                   "(empty: the imagery has exactly 3 bands)"),
+    "label_threshold": Param(127, type="integer", minimum=0, maximum=254, section="Imagery",
+                             description="a label pixel is change when its value (0..255; 0/1 labels read as "
+                             "0/255; colour labels by their largest component, transparent pixels as 0) is "
+                             "above this; 0 for class-number labels"),
     # Validation thresholds; defaults: those of damnet.validation.ValidationConfig (not imported
     # here: parse time stays cheap). tests/test_dags.py keeps the two in step.
     "max_misregistration_px": Param(4.0, type="number", exclusiveMinimum=0, section="Validation",
@@ -79,8 +92,10 @@ DEVICE = DEVICE_TEMPLATE
 @dag(**region_dag_arguments("damnet_region", __doc__, params))
 def damnet_region():
     region = ["--region", "{{ params.region }}"]
+    # --bands=VALUE: one argument, so an empty value reads as "not set" (exactly 3 bands)
     ingest = step_task(S, "ingest", [*region, "--imagery", "{{ params.imagery }}",
-                                     "--tile-size", "{{ params.tile_size }}"])
+                                     "--tile-size", "{{ params.tile_size }}", "--bands={{ params.bands }}",
+                                     "--label-threshold", "{{ params.label_threshold }}"])
     validate = step_task(S, "validate", [
         *region, "--source-region", "{{ params.source_region }}",
         "--max-misregistration-px", "{{ params.max_misregistration_px }}",
@@ -104,7 +119,8 @@ def damnet_region():
                                    "--steps", ADAPT_STEPS, "--device", DEVICE],
                       gpu=True, trigger_rule=TriggerRule.NONE_FAILED)
     select = step_task(S, "select", [*region, "--budget", "{{ params.label_budget }}",
-                                     "--audit", "{{ params.audit }}", "--selector", "{{ params.selector }}",
+                                     "--audit", "{{ params.audit }}", "--min-audit", "{{ params.min_audit }}",
+                                     "--selector", "{{ params.selector }}",
                                      "--reference", "{{ params.reference }}",
                                      "--max-label-share", "{{ params.max_label_share }}"])
     export = step_task(S, "export-labels", region)

@@ -70,10 +70,13 @@ def _common(step: str, store, region, run_group) -> list:
 # the task name); the arguments are exactly the step's CLI options (docs/pipeline.md).
 
 @dsl.container_component
-def ingest(store: str, region: str, run_group: str, imagery: str, tile_size: int):
-    """Tile the region's imagery (empty ``imagery``: STORE/imagery/REGION)."""
+def ingest(store: str, region: str, run_group: str, imagery: str, tile_size: int, bands: str,
+           label_threshold: int):
+    """Tile the region's imagery (empty ``imagery``: STORE/imagery/REGION; empty ``bands``: 3 bands)."""
+    # --bands=VALUE in one argument: an empty value reads as "not set", as an empty --imagery does
     return dsl.ContainerSpec(image=DEFAULT_IMAGE, command=["damnet"], args=[
-        *_common("ingest", store, region, run_group), "--imagery", imagery, "--tile-size", tile_size])
+        *_common("ingest", store, region, run_group), "--imagery", imagery, "--tile-size", tile_size,
+        dsl.ConcatPlaceholder(["--bands=", bands]), "--label-threshold", label_threshold])
 
 
 @dsl.container_component
@@ -100,12 +103,13 @@ def adapt(store: str, region: str, run_group: str, source_model: str, source_reg
 
 
 @dsl.container_component
-def select(store: str, region: str, run_group: str, budget: float, audit: float, selector: str,
+def select(store: str, region: str, run_group: str, budget: float, audit: float, min_audit: int, selector: str,
            reference: str, max_label_share: float):
     """Pick the tiles to label (micro-label set) and the audit tiles."""
     return dsl.ContainerSpec(image=DEFAULT_IMAGE, command=["damnet"], args=[
         *_common("select", store, region, run_group), "--budget", budget, "--audit", audit,
-        "--selector", selector, "--reference", reference, "--max-label-share", max_label_share])
+        "--min-audit", min_audit, "--selector", selector, "--reference", reference,
+        "--max-label-share", max_label_share])
 
 
 @dsl.container_component
@@ -138,10 +142,13 @@ def evaluate(store: str, region: str, run_group: str, source_region: str):
 
 
 @dsl.container_component
-def promote(store: str, region: str, run_group: str, margin: float, max_source_drop: float):
+def promote(store: str, region: str, run_group: str, margin: float, max_source_drop: float, min_audit_tiles: int,
+            min_change_tiles: int, confidence: float):
     """Register the candidate; move ``champion`` only if the gate holds (else exit 3)."""
     return dsl.ContainerSpec(image=DEFAULT_IMAGE, command=["damnet"], args=[
-        *_common("promote", store, region, run_group), "--margin", margin, "--max-source-drop", max_source_drop])
+        *_common("promote", store, region, run_group), "--margin", margin, "--max-source-drop", max_source_drop,
+        "--min-audit-tiles", min_audit_tiles, "--min-change-tiles", min_change_tiles,
+        "--confidence", confidence])
 
 
 @dsl.container_component
@@ -197,10 +204,13 @@ def region_pipeline(
     source_region: str = "source",
     label_budget: float = 0.003,
     audit: float = 0.01,
+    min_audit: int = 20,
     max_label_share: float = 0.01,
     selector: str = "combined",
     reference: str = "none",
     tile_size: int = 256,
+    bands: str = "",
+    label_threshold: int = 127,
     adapt_steps: int = 3000,
     restyle: float = 0.0,
     match_gsd: str = "no",
@@ -223,11 +233,17 @@ def region_pipeline(
         source_model: registry URI or model file of the model to adapt.
         source_region: the labelled source region (domain distance, adaptation).
         label_budget: tiles to label: a share of the region (< 1) or a count (>= 1).
-        audit: audit tiles: a share (< 1) or a count.
+        audit: audit tiles: a share (< 1; raised to min_audit) or a count.
+        min_audit: fewest audit tiles a share gives (at most half the region): the promotion gate needs
+            enough audit tiles to decide.
         max_label_share: refuse a budget above this share of the region's tiles.
         selector: random, entropy, margin, mutual_info, kcenter or combined.
         reference: source: the combined selector also weighs the source model's disagreement; none: off.
         tile_size: tile size in pixels.
+        bands: R,G,B band numbers or descriptions, e.g. 3,2,1 or B04,B03,B02; empty: exactly 3 bands.
+        label_threshold: a label pixel is change when its value (0..255; 0/1 labels read as 0/255; colour
+            labels by their largest component, transparent pixels as 0) is above this; 0 for class-number
+            labels.
         adapt_steps: adaptation steps (on a GPU).
         restyle: share of source pairs given the region's band histograms (0: off); MLFT keeps it.
         match_gsd: yes: resample source batches to the region's ground sample distance; MLFT keeps it.
@@ -244,7 +260,8 @@ def region_pipeline(
     """
     run_group = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # this run's MLflow region run
     common = {"store": store, "region": region, "run_group": run_group}
-    t_ingest = _step(ingest(**common, imagery=imagery, tile_size=tile_size), "ingest", image, gpu_image)
+    t_ingest = _step(ingest(**common, imagery=imagery, tile_size=tile_size, bands=bands,
+                            label_threshold=label_threshold), "ingest", image, gpu_image)
     t_validate = _step(validate(**common, source_region=source_region, max_misregistration_px=max_misregistration_px,
                                 tile_misregistration_severity=tile_misregistration_severity,
                                 max_nodata_fraction=max_nodata_fraction,
@@ -253,7 +270,7 @@ def region_pipeline(
     t_adapt = _step(adapt(**common, source_model=source_model, source_region=source_region, steps=adapt_steps,
                           restyle=restyle, match_gsd=match_gsd, lambda_adv=lambda_adv),
                     "adapt", image, gpu_image)
-    t_select = _step(select(**common, budget=label_budget, audit=audit, selector=selector,
+    t_select = _step(select(**common, budget=label_budget, audit=audit, min_audit=min_audit, selector=selector,
                             reference=reference, max_label_share=max_label_share), "select", image, gpu_image)
     t_export = _step(export_labels(**common), "export-labels", image, gpu_image)
     t_validate.after(t_ingest)
@@ -271,6 +288,9 @@ def finetune_pipeline(
     finetune_steps: int = 2000,
     margin: float = 0.01,
     max_source_drop: float = 0.05,
+    min_audit_tiles: int = 10,
+    min_change_tiles: int = 5,
+    confidence: float = 0.9,
     predict_tile: int = 256,
     store: str = DEFAULT_STORE,
     image: str = DEFAULT_IMAGE,
@@ -283,8 +303,13 @@ def finetune_pipeline(
         labels: Label Studio JSON export or folder of masks; empty: STORE/labels/REGION.
         source_region: the labelled source region.
         finetune_steps: fine-tuning steps (on a GPU).
-        margin: audit F1 the candidate must gain over the champion.
-        max_source_drop: largest allowed drop of source-holdout F1 against the source model.
+        margin: promotion gate: the gain's lower bound (90 % paired bootstrap over audit tiles) must exceed
+            this; >= 0: a tie never promotes.
+        max_source_drop: promotion gate: largest allowed drop of source-holdout F1 against the source model.
+        min_audit_tiles: promotion gate: fewer audit tiles: not enough audit evidence, no promotion.
+        min_change_tiles: promotion gate: fewer audit tiles with true change: not enough audit evidence.
+        confidence: promotion gate: level of the two-sided paired bootstrap interval whose lower bound must
+            clear the margin.
         predict_tile: prediction window in pixels (a multiple of 32).
         store: store root, an s3:// prefix (the pods share no file system).
         image: project image of the CPU steps.
@@ -293,15 +318,16 @@ def finetune_pipeline(
     run_group = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     common = {"store": store, "region": region, "run_group": run_group}
     # The report runs after the others whatever their outcome (Airflow's ALL_DONE): a rejected
-    # candidate (promote exits 2, predict does not run) still gets a page saying why.
+    # candidate (promote exits 3, predict does not run) still gets a page saying why.
     t_report = _step(report(**common), FINETUNE_EXIT_STEP, image, gpu_image)
     with dsl.ExitHandler(t_report, name="finetune-and-promote"):
         t_import = _step(import_labels(**common, labels=labels), "import-labels", image, gpu_image)
         t_finetune = _step(finetune(**common, source_region=source_region, steps=finetune_steps),
                            "finetune", image, gpu_image)
         t_evaluate = _step(evaluate(**common, source_region=source_region), "evaluate", image, gpu_image)
-        t_promote = _step(promote(**common, margin=margin, max_source_drop=max_source_drop),
-                          "promote", image, gpu_image)
+        t_promote = _step(promote(**common, margin=margin, max_source_drop=max_source_drop,
+                                  min_audit_tiles=min_audit_tiles, min_change_tiles=min_change_tiles,
+                                  confidence=confidence), "promote", image, gpu_image)
         t_predict = _step(predict(**common, tile=predict_tile), "predict", image, gpu_image)
         t_finetune.after(t_import)
         t_evaluate.after(t_finetune)

@@ -193,7 +193,8 @@ def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(airflow_hom
     elsewhere = tmp_path / "drop" / "harbour"
     (elsewhere / "pre").mkdir(parents=True)
     (elsewhere / "pre" / "a.tif").write_bytes(b"harbour")
-    _write_record(store, "harbour", "ingest", params={"tiling": {"size": 512}},
+    _write_record(store, "harbour", "ingest", params={"tiling": {"size": 512, "bands": [3, 2, 1],
+                                                                 "label_threshold": 0}},
                   inputs={"imagery": {"uri": str(elsewhere), "digest": tree_digest(str(elsewhere))}})
     # A region whose imagery is gone is left alone (a run would only fail).
     _write_record(store, "vanished", "ingest", inputs={"imagery": {"uri": str(tmp_path / "gone"), "digest": "x"}})
@@ -207,7 +208,8 @@ def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(airflow_hom
     (elsewhere / "pre" / "b.tif").write_bytes(b"more")
     found = scan_store(str(store))
     assert found["new_imagery"] == ["fresh", "harbour", "steady"]
-    assert found["conf"]["harbour"] == {"region": "harbour", "imagery": str(elsewhere), "tile_size": 512}
+    assert found["conf"]["harbour"] == {"region": "harbour", "imagery": str(elsewhere), "tile_size": 512,
+                                        "bands": "3,2,1", "label_threshold": 0}
 
 
 def test_nightly_dag_starts_a_region_run_for_new_imagery(airflow_home, tmp_path, monkeypatch):
@@ -273,13 +275,18 @@ VALIDATION_PARAMS = ("max_misregistration_px", "tile_misregistration_severity", 
                      "max_mean_nodata_fraction", "mostly", "min_tiles")
 
 
-def _validate_argv(dag, conf: dict) -> list[str]:
-    """The validate task's command line as a run with ``conf`` renders it."""
+def _argv(dag, task_id: str, conf: dict) -> list[str]:
+    """The command line of ``dag``'s task ``task_id`` as a run with ``conf`` renders it."""
     from jinja2 import Template
 
     params = {**{k: dag.params[k] for k in dag.params}, **conf}
-    args = [Template(a).render(params=params, run_id="manual__1") for a in dag.get_task("validate").arguments]
-    return ["validate", *args]
+    task = dag.get_task(task_id)
+    args = [Template(a).render(params=params, run_id="manual__1") for a in task.arguments]
+    return [task.step, *args]
+
+
+def _validate_argv(dag, conf: dict) -> list[str]:
+    return _argv(dag, "validate", conf)
 
 
 def test_the_validation_thresholds_are_region_dag_params_that_reach_the_step(airflow_home, monkeypatch):
@@ -310,5 +317,87 @@ def test_bad_validation_thresholds_are_refused_by_param_validation(airflow_home,
     from airflow.sdk.exceptions import ParamValidationError
 
     dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
+    with pytest.raises(ParamValidationError, match=field):
+        dag.test(run_conf=conf)
+
+
+# --------------------------------------------------------------------------- ingest, select, promote options
+
+
+def _options(ns, names) -> dict:
+    return {n: getattr(ns, n) for n in names}
+
+
+def test_the_ingest_options_are_region_dag_params_that_reach_the_step(airflow_home, monkeypatch):
+    # Literals in the DAG file (no damnet at parse time): their defaults must be the step's.
+    from components.cli import build_parser
+    from components.ingest import config_from
+    from damnet.imagery import DEFAULT_LABEL_THRESHOLD
+
+    dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
+    parser = build_parser()
+    for name in ("imagery", "tile_size", "bands", "label_threshold"):
+        assert dag.params.get_param(name).schema.get("section") == "Imagery", name
+    assert (dag.params["bands"], dag.params["label_threshold"]) == ("", DEFAULT_LABEL_THRESHOLD)
+    argv = _argv(dag, "ingest", {})
+    assert "--bands=" in argv  # one argument: an empty value is "not set", never a missing value
+    ns = parser.parse_args(argv)
+    config = config_from(ns)
+    assert (config.bands, config.label_threshold) == (None, DEFAULT_LABEL_THRESHOLD)
+    assert config == config_from(parser.parse_args(["ingest", "--region", "newtown"]))  # the same tiling
+    for conf, bands in (({"bands": "3,2,1", "label_threshold": 0, "tile_size": 128}, (3, 2, 1)),
+                        ({"bands": "B04,B03,B02", "label_threshold": 200}, ("B04", "B03", "B02"))):
+        config = config_from(parser.parse_args(_argv(dag, "ingest", conf)))
+        assert (config.bands, config.label_threshold) == (bands, conf["label_threshold"])
+        assert config.size == conf.get("tile_size", 256)
+
+
+def test_the_audit_floor_is_a_region_dag_param_that_reaches_select(airflow_home, monkeypatch):
+    from components.cli import build_parser
+    from damnet.select import DEFAULT_MIN_AUDIT
+
+    dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
+    parser = build_parser()
+    defaults = parser.parse_args(["select", "--region", "newtown"])
+    assert dag.params["min_audit"] == DEFAULT_MIN_AUDIT == defaults.min_audit
+    assert dag.params["audit"] == defaults.audit
+    ns = parser.parse_args(_argv(dag, "select", {}))
+    assert (ns.audit, ns.min_audit) == (defaults.audit, DEFAULT_MIN_AUDIT)
+    ns = parser.parse_args(_argv(dag, "select", {"audit": 0.02, "min_audit": 35}))
+    assert (ns.audit, ns.min_audit) == (0.02, 35)
+
+
+GATE_PARAMS = ("margin", "max_source_drop", "min_audit_tiles", "min_change_tiles", "confidence")
+
+
+def test_the_promotion_gate_is_finetune_dag_params_that_reach_promote(airflow_home, monkeypatch):
+    from components.cli import build_parser
+    from damnet.registry import Evidence
+
+    dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_finetune")
+    parser = build_parser()
+    defaults = _options(parser.parse_args(["promote", "--region", "newtown"]), GATE_PARAMS)
+    ev = Evidence()
+    assert (defaults["min_audit_tiles"], defaults["min_change_tiles"], defaults["confidence"]) == (
+        ev.min_tiles, ev.min_change_tiles, ev.confidence)
+    for name in GATE_PARAMS:
+        assert dag.params[name] == defaults[name], name
+        assert dag.params.get_param(name).schema.get("section") == "Promotion gate", name
+    assert _options(parser.parse_args(_argv(dag, "promote", {})), GATE_PARAMS) == defaults
+    # An ops user asks for a stricter gate from the trigger form.
+    conf = {"margin": 0.03, "max_source_drop": 0.02, "min_audit_tiles": 30, "min_change_tiles": 12,
+            "confidence": 0.95}
+    assert _options(parser.parse_args(_argv(dag, "promote", conf)), GATE_PARAMS) == conf
+
+
+@pytest.mark.parametrize("dag_id, conf, field", [
+    ("damnet_region", {"bands": "3,2"}, "bands"), ("damnet_region", {"label_threshold": 255}, "label_threshold"),
+    ("damnet_region", {"min_audit": -1}, "min_audit"), ("damnet_finetune", {"confidence": 1.0}, "confidence"),
+    ("damnet_finetune", {"min_audit_tiles": 0}, "min_audit_tiles"),
+    ("damnet_finetune", {"min_change_tiles": 0}, "min_change_tiles"), ("damnet_finetune", {"margin": -0.1}, "margin")])
+def test_bad_step_options_are_refused_by_param_validation(airflow_home, monkeypatch, dag_id, conf, field):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag(dag_id)
     with pytest.raises(ParamValidationError, match=field):
         dag.test(run_conf=conf)

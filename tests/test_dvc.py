@@ -220,3 +220,72 @@ def test_params_yaml_validation_thresholds_are_the_librarys_and_reach_the_valida
         assert getattr(ns, name) == value, f"dvc.yaml's validate stage does not pass validate.{name}"
     assert {"max_misregistration_px", "tile_misregistration_severity", "max_nodata_fraction",
             "max_mean_nodata_fraction", "mostly", "min_tiles"} <= set(params["validate"])
+
+
+def _stage_argv(stage: str, group: str, tried: dict) -> list[str]:
+    """The ``damnet`` command line of dvc.yaml's ``stage`` with params.yaml ``group.<name>`` set
+    to ``tried`` (the other variables filled with placeholders)."""
+    stage_def = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    cmd = stage_def.get("do", stage_def)["cmd"]
+    if isinstance(cmd, list):
+        cmd = next(c for c in cmd if "damnet " in c)
+    cmd = cmd.split(" || ", 1)[0]  # promote: the accepted-rejection fallback
+    cmd = re.sub(rf"\$\{{{group}\.(\w+)\}}", lambda m: str(tried[m.group(1)]), cmd)
+    cmd = re.sub(r"\$\{[^}]+\}", "x", cmd)
+    return cmd.split("damnet ", 1)[1].split()
+
+
+def test_params_yaml_ingest_options_are_the_steps_and_reach_both_ingest_stages():
+    from components.cli import build_parser
+    from components.ingest import config_from
+    from damnet.imagery import DEFAULT_LABEL_THRESHOLD
+
+    tiling = yaml.safe_load((ROOT / "params.yaml").read_text())["tiling"]
+    assert (tiling["bands"], tiling["label_threshold"]) == ("", DEFAULT_LABEL_THRESHOLD)
+    parser = build_parser()
+    for stage in ("ingest_source", "ingest_target"):
+        config = config_from(parser.parse_args(_stage_argv(stage, "tiling", tiling)))
+        assert (config.bands, config.label_threshold) == (None, DEFAULT_LABEL_THRESHOLD), stage
+        tried = {**tiling, "size": 128, "bands": "B04,B03,B02", "label_threshold": 0}
+        config = config_from(parser.parse_args(_stage_argv(stage, "tiling", tried)))
+        assert (config.size, config.bands, config.label_threshold) == (128, ("B04", "B03", "B02"), 0), stage
+
+
+def test_params_yaml_audit_set_lets_the_toy_regions_gate_decide_and_reaches_select():
+    """select.audit / min_audit give every target region at least as many audit tiles as the
+    promote stage's gate asks for (a count of 4 made the gate always say "not enough audit
+    evidence"), and both reach ``damnet select``."""
+    from components.cli import build_parser
+    from damnet.select import DEFAULT_MIN_AUDIT, audit_count
+    from damnet.tiling import window_starts
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    select, tiling = params["select"], params["tiling"]
+    assert select["min_audit"] == DEFAULT_MIN_AUDIT
+    stride = tiling["size"] - tiling["overlap"]
+    for region, target in params["targets"].items():
+        tiles = target["scenes"] * len(window_starts(target["size"], tiling["size"], stride)) ** 2
+        assert audit_count(select["audit"], tiles, select["min_audit"]) >= params["promote"]["min_audit_tiles"], region
+    tried = {**select, "audit": 0.02, "min_audit": 7}
+    ns = build_parser().parse_args(_stage_argv("select", "select", tried))
+    assert (ns.audit, ns.min_audit) == (0.02, 7)
+
+
+GATE_PARAMS = ("margin", "max_source_drop", "min_audit_tiles", "min_change_tiles", "confidence")
+
+
+def test_params_yaml_promotion_gate_is_the_steps_and_reaches_the_promote_stage():
+    from components.cli import build_parser
+    from damnet.registry import Evidence
+
+    promote = yaml.safe_load((ROOT / "params.yaml").read_text())["promote"]
+    parser = build_parser()
+    defaults = parser.parse_args(["promote", "--region", "newtown"])
+    assert {n: promote[n] for n in GATE_PARAMS} == {n: getattr(defaults, n) for n in GATE_PARAMS}
+    ev = Evidence()
+    assert (promote["min_audit_tiles"], promote["min_change_tiles"], promote["confidence"]) == (
+        ev.min_tiles, ev.min_change_tiles, ev.confidence)
+    tried = {**promote, "margin": 0.03, "max_source_drop": 0.02, "min_audit_tiles": 30, "min_change_tiles": 12,
+             "confidence": 0.95}
+    ns = parser.parse_args(_stage_argv("promote", "promote", tried))
+    assert {n: getattr(ns, n) for n in GATE_PARAMS} == {n: tried[n] for n in GATE_PARAMS}

@@ -5,6 +5,7 @@ every step and option against the real ``damnet`` CLI, so the pipelines cannot d
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ PIPELINES = ROOT / "pipelines"
 REGION_STEPS = ["ingest", "validate", "adapt", "select", "export-labels"]
 FINETUNE_STEPS = ["import-labels", "finetune", "evaluate", "promote", "predict"]
 GPU_STEPS = {"adapt", "finetune", "predict"}
-NO_RETRY_STEPS = {"validate", "import-labels", "promote"}  # exit 2 is a verdict on the input
+NO_RETRY_STEPS = {"validate", "import-labels", "promote"}  # exit 2 or 3 is a verdict on the input
 JOB_ID = "{{$.pipeline_job_uuid}}"
 PLACEHOLDER = re.compile(r"^\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}$")
 # Values for what has no default: the region, and the run id kfp fills in at run time.
@@ -30,8 +31,8 @@ DUMMIES = {"region": "newtown", JOB_ID: "5b0c3f4e-0000-4000-8000-000000000001"}
 PARAMETERS = {
     "damnet-region": {
         "region": None, "imagery": "", "source_model": "models:/damnet-source@champion", "source_region": "source",
-        "label_budget": 0.003, "audit": 0.01, "max_label_share": 0.01, "selector": "combined", "reference": "none",
-        "tile_size": 256,
+        "label_budget": 0.003, "audit": 0.01, "min_audit": 20, "max_label_share": 0.01, "selector": "combined",
+        "reference": "none", "tile_size": 256, "bands": "", "label_threshold": 127,
         "adapt_steps": 3000, "restyle": 0.0, "match_gsd": "no", "lambda_adv": 0.001,
         "max_misregistration_px": 4.0, "tile_misregistration_severity": "warning", "max_nodata_fraction": 0.5,
         "max_mean_nodata_fraction": 0.25, "mostly": 0.95, "min_tiles": 4,
@@ -40,7 +41,8 @@ PARAMETERS = {
         "gpu_image": "ghcr.io/damnet-ops/damnet:0.1.0-cuda"},
     "damnet-finetune": {
         "region": None, "labels": "", "source_region": "source", "finetune_steps": 2000, "margin": 0.01,
-        "max_source_drop": 0.05, "predict_tile": 256, "store": "s3://damnet/store",
+        "max_source_drop": 0.05, "min_audit_tiles": 10, "min_change_tiles": 5, "confidence": 0.9,
+        "predict_tile": 256, "store": "s3://damnet/store",
         "image": "ghcr.io/damnet-ops/damnet:0.1.0", "gpu_image": "ghcr.io/damnet-ops/damnet:0.1.0-cuda"},
 }
 
@@ -92,8 +94,9 @@ def executor(spec: dict, task: dict) -> tuple[str, dict]:
     return label, spec["deploymentSpec"]["executors"][label]["container"]
 
 
-def resolve(spec: dict, task: dict, input_name: str) -> str:
-    """The command-line text of a task input, with the pipeline's defaults (dummies where none)."""
+def resolve(spec: dict, task: dict, input_name: str, values: dict | None = None) -> str:
+    """The command-line text of a task input, with the pipeline's defaults (dummies where none)
+    or the run's ``values`` (pipeline parameter -> value)."""
     binding = task["inputs"]["parameters"][input_name]
     if "runtimeValue" in binding:
         value = binding["runtimeValue"]["constant"]
@@ -101,19 +104,28 @@ def resolve(spec: dict, task: dict, input_name: str) -> str:
     # Inside a sub-DAG (the exit handler) pipeline inputs arrive as "pipelinechannel--<name>".
     name = binding["componentInputParameter"].removeprefix("pipelinechannel--")
     definition = spec["root"]["inputDefinitions"]["parameters"][name]
+    if values and name in values:
+        return str(values[name])
     if "defaultValue" not in definition:
         return DUMMIES[name]
     value = definition["defaultValue"]
     return str(int(value)) if definition["parameterType"] == "NUMBER_INTEGER" else str(value)
 
 
-def command_line(spec: dict, task: dict) -> list[str]:
+def command_line(spec: dict, task: dict, values: dict | None = None) -> list[str]:
+    """The task's argv as kfp's launcher builds it: placeholders filled in, ``{"Concat": [...]}``
+    arguments (``dsl.ConcatPlaceholder``, e.g. ``--bands=VALUE``) joined."""
     _, container = executor(spec, task)
-    args = []
-    for arg in container["args"]:
+
+    def text(arg: str) -> str:
         m = PLACEHOLDER.match(arg)
-        args.append(resolve(spec, task, m.group(1)) if m else arg)
-    return args
+        if m:
+            return resolve(spec, task, m.group(1), values)
+        if arg.startswith('{"Concat"'):
+            return "".join(text(part) for part in json.loads(arg)["Concat"])
+        return arg
+
+    return [text(arg) for arg in container["args"]]
 
 
 def test_the_pipeline_module_imports_nothing_from_the_project():
@@ -146,7 +158,7 @@ def test_finetune_pipeline_runs_the_steps_in_order_and_always_reports(compiled):
     report, dag = tasks["report"]
     group = next(name for name, t in spec["root"]["dag"]["tasks"].items() if t["componentRef"]["name"] in dags)
     assert dag == "root" and report["dependentTasks"] == [group]
-    # Airflow's ALL_DONE: the report runs after a rejected candidate (promote exits 2) too.
+    # Airflow's ALL_DONE: the report runs after a rejected candidate (promote exits 3) too.
     assert report["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
 
 
@@ -260,7 +272,8 @@ def test_every_step_and_option_is_accepted_by_the_real_cli(compiled):
             known = steps[step]._option_string_actions
             for arg in argv[1:]:
                 if arg.startswith("--"):
-                    assert arg in known, f"damnet {step} has no option {arg}"
+                    option = arg.split("=", 1)[0]  # --bands=VALUE
+                    assert option in known, f"damnet {step} has no option {option}"
             try:
                 ns = parser.parse_args(argv)
             except SystemExit:
@@ -312,3 +325,64 @@ def test_the_region_pipeline_validates_with_the_librarys_thresholds(compiled):
     assert {n: getattr(ns, n) for n in VALIDATION_PARAMS} == {n: getattr(defaults, n) for n in VALIDATION_PARAMS}
     for name in VALIDATION_PARAMS:  # bound to the pipeline parameter, not a constant
         assert task["inputs"]["parameters"][name]["componentInputParameter"] == name
+
+
+def _bound(task: dict, names) -> None:
+    for name in names:  # bound to the pipeline parameter, not a constant
+        assert task["inputs"]["parameters"][name]["componentInputParameter"].removeprefix(
+            "pipelinechannel--") == name, name
+
+
+def test_the_region_pipeline_ingests_and_selects_with_the_steps_defaults(compiled):
+    """bands, label_threshold and min_audit are pipeline parameters with the steps' defaults, and
+    other values reach the CLI (an empty bands is "not set": exactly 3 bands)."""
+    from components.cli import build_parser
+    from components.ingest import config_from
+    from damnet.imagery import DEFAULT_LABEL_THRESHOLD
+    from damnet.select import DEFAULT_MIN_AUDIT
+
+    region = PARAMETERS["damnet-region"]  # checked against the compiled spec above
+    assert (region["bands"], region["label_threshold"], region["min_audit"]) == (
+        "", DEFAULT_LABEL_THRESHOLD, DEFAULT_MIN_AUDIT)
+    parser = build_parser()
+    spec, _ = compiled["damnet-region"]
+    tasks = container_tasks(spec)
+    ingest, select = tasks["ingest"][0], tasks["select"][0]
+    _bound(ingest, ("bands", "label_threshold"))
+    _bound(select, ("audit", "min_audit"))
+    argv = command_line(spec, ingest)
+    assert "--bands=" in argv
+    config = config_from(parser.parse_args(argv))
+    assert (config.bands, config.label_threshold) == (None, DEFAULT_LABEL_THRESHOLD)
+    config = config_from(parser.parse_args(command_line(spec, ingest, {"bands": "B04,B03,B02", "label_threshold": 0})))
+    assert (config.bands, config.label_threshold) == (("B04", "B03", "B02"), 0)
+    ns = parser.parse_args(command_line(spec, select))
+    assert (ns.audit, ns.min_audit) == (region["audit"], DEFAULT_MIN_AUDIT)
+    ns = parser.parse_args(command_line(spec, select, {"audit": 0.02, "min_audit": 35}))
+    assert (ns.audit, ns.min_audit) == (0.02, 35)
+
+
+GATE_PARAMS = ("margin", "max_source_drop", "min_audit_tiles", "min_change_tiles", "confidence")
+
+
+def test_the_finetune_pipeline_promotes_with_the_gates_defaults(compiled):
+    from components.cli import build_parser
+    from damnet.registry import Evidence
+
+    parser = build_parser()
+    defaults = parser.parse_args(["promote", "--region", "newtown"])
+    expected = {n: getattr(defaults, n) for n in GATE_PARAMS}
+    ev = Evidence()
+    assert (expected["min_audit_tiles"], expected["min_change_tiles"], expected["confidence"]) == (
+        ev.min_tiles, ev.min_change_tiles, ev.confidence)
+    finetune = PARAMETERS["damnet-finetune"]  # checked against the compiled spec above
+    assert {n: finetune[n] for n in GATE_PARAMS} == expected
+    spec, _ = compiled["damnet-finetune"]
+    task, _ = container_tasks(spec)["promote"]
+    _bound(task, GATE_PARAMS)
+    ns = parser.parse_args(command_line(spec, task))
+    assert {n: getattr(ns, n) for n in GATE_PARAMS} == expected
+    stricter = {"margin": 0.03, "max_source_drop": 0.02, "min_audit_tiles": 30, "min_change_tiles": 12,
+                "confidence": 0.95}
+    ns = parser.parse_args(command_line(spec, task, stricter))
+    assert {n: getattr(ns, n) for n in GATE_PARAMS} == stricter

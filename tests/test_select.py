@@ -11,8 +11,10 @@ import torch
 from damnet.data import TileSet
 from damnet.models import ChangeNet, preset
 from damnet.select import (
+    DEFAULT_MIN_AUDIT,
     SELECTORS,
     TileScores,
+    audit_count,
     audit_split,
     budget_count,
     kcenter_greedy,
@@ -184,3 +186,15 @@ def test_combined_prefers_uncertain_tiles_that_hold_change():
     (picked,) = [scores.tile_ids.index(t) for t in sel.train]
     assert scores.change_fraction[picked] > np.quantile(scores.change_fraction, 0.75)
     assert scores.entropy[picked] >= np.quantile(scores.entropy, 0.75)
+
+
+def test_a_share_of_audit_tiles_is_raised_to_the_floor_a_count_is_not():
+    # The step's rule (select --audit/--min-audit) lives here, so the library's select() follows it too.
+    assert audit_count(0.01, 60) == DEFAULT_MIN_AUDIT == 20
+    assert audit_count(0.01, 16) == 8  # at most half the region
+    assert audit_count(0.01, 5000) == 50
+    assert audit_count(4, 300) == 4
+    assert audit_count(0.01, 60, minimum=0) == 1
+    scores = _scores(n=60)
+    assert len(select(scores, 2, "random", audit=0.01).audit) == 20
+    assert len(select(scores, 2, "random", audit=3).audit) == 3

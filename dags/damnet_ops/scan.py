@@ -13,8 +13,8 @@ def scan_store(store: str, source_regions: tuple[str, ...] = ("source",)) -> dic
 
     Regions are those with imagery under STORE/imagery/ and those ingested before (from any
     imagery URI: the ingest record says which). ``conf`` holds the trigger conf of each region
-    with new imagery: its imagery URI and tile size as last ingested, so a re-run tiles the
-    region the way its first run did.
+    with new imagery: its imagery URI, tile size, bands and label threshold as last ingested,
+    so a re-run tiles the region the way its first run did.
     """
     import re
 
@@ -43,9 +43,13 @@ def scan_store(store: str, source_regions: tuple[str, ...] = ("source",)) -> dic
             if ingest is not None:
                 if imagery.rstrip("/") != layout.imagery.rstrip("/"):
                     conf["imagery"] = imagery
-                size = ingest.get("params", {}).get("tiling", {}).get("size")
-                if size:
-                    conf["tile_size"] = size
+                tiling = ingest.get("params", {}).get("tiling", {})
+                if tiling.get("size"):
+                    conf["tile_size"] = tiling["size"]
+                if tiling.get("bands"):  # e.g. [3, 2, 1]: the region's imagery has other than 3 bands
+                    conf["bands"] = ",".join(str(b) for b in tiling["bands"])
+                if tiling.get("label_threshold") is not None:
+                    conf["label_threshold"] = tiling["label_threshold"]
             out["conf"][name] = conf
             continue
         labels = labels_present(store, name)
