@@ -80,6 +80,10 @@ class TrainConfig:
     pseudo_weight: float = 0.0
     pseudo_threshold: float = 0.9  #: teacher confidence a pixel needs to count
     ema_decay: float = 0.99  #: the teacher's weights: EMA of the model's
+    # Staying close to the starting model on unlabelled target tiles (MLFT): KL of the frozen
+    # starting model's change map to the model's, per valid pixel, so a few micro tiles correct
+    # the model where they speak without rewriting it elsewhere (0: off)
+    anchor_weight: float = 0.0
     # Photometric jitter (gain, offset, gamma, noise; each date on its own): applied to labelled
     # batches with this strength (0: off) and, with at least 1, to the student's pseudo-label input.
     photometric: float = 0.0
@@ -244,6 +248,7 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
         disc = (discriminator or SegDiscriminator(channels, model.config.disc_channels)).to(device)
     trainable: nn.Module = mae if mae is not None else model
     teacher = _teacher(model) if cfg.pseudo_weight > 0 else None
+    anchor = _teacher(model) if cfg.anchor_weight > 0 else None
     params = list(trainable.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
@@ -264,6 +269,8 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
             opt_d.load_state_dict(state["opt_d"])
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
+        if anchor is not None:
+            anchor.load_state_dict(state["anchor"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
@@ -299,6 +306,8 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
             state["opt_d"] = opt_d.state_dict()
         if teacher is not None:
             state["teacher"] = teacher.state_dict()
+        if anchor is not None:
+            state["anchor"] = anchor.state_dict()
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state()
         save_state(ckpt_uri, state)
@@ -317,7 +326,7 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
                 maps = {}
             else:
                 terms, maps = _generator_terms(g_module, cfg, step, rank, world, device, lam,
-                                               source, target, micro, disc, teacher)
+                                               source, target, micro, disc, teacher, anchor)
         loss = sum(terms.values())
         if not torch.isfinite(loss.detach()):
             raise TrainingDiverged(
@@ -462,7 +471,17 @@ def _change_prior(target_logits: torch.Tensor, valid: torch.Tensor, source: Batc
     return r * torch.log(r / q) + (1 - r) * torch.log((1 - r) / (1 - q))
 
 
-def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, micro, disc, teacher=None):
+def _anchor_loss(student: torch.Tensor, anchor: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """KL(anchor || student) of the per-pixel class distributions, averaged over valid pixels."""
+    log_s = student.float().log_softmax(1)
+    log_a = anchor.float().log_softmax(1)
+    kl = (log_a.exp() * (log_a - log_s)).sum(1)
+    v = valid.float()
+    return (kl * v).sum() / v.sum().clamp_min(1)
+
+
+def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, micro, disc, teacher=None,
+                     anchor=None):
     """One forward pass over all streams of this step; the weighted loss terms and the maps."""
     parts = []
     if cfg.source_weight > 0:
@@ -513,6 +532,11 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
             t_logits = teacher(tb.pre, tb.post)
         terms["pseudo"] = cfg.pseudo_weight * _pseudo_loss(maps["target"], t_logits, tb.valid,
                                                            cfg.pseudo_threshold)
+    if anchor is not None:
+        tb = by_name["target"]
+        with torch.no_grad():
+            a_logits = anchor(tb.pre, tb.post)
+        terms["anchor"] = cfg.anchor_weight * _anchor_loss(maps["target"], a_logits, tb.valid)
     if lam > 0:
         disc.requires_grad_(False)
         d_out = disc(discriminator_input(maps["target"], cfg.disc_input))
@@ -525,7 +549,7 @@ def _needs_target(cfg: TrainConfig, step: int | None = None) -> bool:
     target batches. The adversarial terms start at ``adv_start``."""
     adversarial = cfg.lambda_adv > 0 and (step is None or step >= cfg.adv_start)
     return (adversarial or cfg.entropy_weight > 0 or cfg.prior_weight > 0
-            or cfg.pseudo_weight > 0 or cfg.restyle > 0)
+            or cfg.pseudo_weight > 0 or cfg.anchor_weight > 0 or cfg.restyle > 0)
 
 
 def _check_streams(cfg, source, target, micro, unlabelled) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import subprocess
@@ -242,11 +243,11 @@ def test_change_prior_is_zero_at_the_source_share_and_grows_towards_an_empty_map
     assert values == sorted(values) and values[-1] > 0.1
 
 
-def test_self_training_resumes_with_its_teacher(tiny_regions, tmp_path):
+def test_self_training_resumes_with_its_teacher_and_anchor(tiny_regions, tmp_path):
     src, tgt = TileSet(tiny_regions["source"]), TileSet(tiny_regions["target"], labels=None)
     cfg = mode_config("adapt", steps=4, batch_size=2, crop=64, log_every=1, checkpoint_every=2,
                       pseudo_weight=1.0, pseudo_threshold=0.5, prior_weight=1.0, photometric=0.5,
-                      ema_decay=0.5)
+                      ema_decay=0.5, anchor_weight=1.0)
 
     def run(out, stop_after=None):
         def on_log(step, metrics):
@@ -261,12 +262,60 @@ def test_self_training_resumes_with_its_teacher(tiny_regions, tmp_path):
 
     whole = run(tmp_path / "whole")
     state = load_checkpoint(str(tmp_path / "whole" / CHECKPOINT))
-    assert {"pseudo", "prior"} <= set(state["history"][-1]) and "teacher" in state
+    assert {"pseudo", "prior", "anchor"} <= set(state["history"][-1])
+    assert "teacher" in state and "anchor" in state
     run(tmp_path / "killed", stop_after=2)
     assert load_checkpoint(str(tmp_path / "killed" / CHECKPOINT))["step"] == 2
     resumed = run(tmp_path / "killed")
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_anchor_is_zero_at_the_starting_model_and_grows_as_the_maps_part():
+    from damnet.train import _anchor_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8)
+    valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    assert float(_anchor_loss(logits, logits, valid)) == pytest.approx(0.0, abs=1e-6)
+    flipped = logits.flip(1)  # the other class everywhere
+    assert float(_anchor_loss(flipped, logits, valid)) > 0.1
+    # pixels outside the valid mask do not count
+    half = valid.clone()
+    half[:, :, 4:] = False
+    mixed = torch.where(half[:, None], logits, flipped)
+    assert float(_anchor_loss(mixed, logits, half)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_anchored_finetuning_keeps_the_map_of_the_model_it_starts_from(tiny_regions):
+    """MLFT on one tile without change: the anchor keeps the predicted change elsewhere (the
+    collapse the real-imagery benchmark showed), where plain fine-tuning lets it drain away."""
+    src, tgt = TileSet(tiny_regions["source"]), TileSet(tiny_regions["target"])
+    quiet = [i for i, t in enumerate(tgt.tiles) if not t["change_fraction"]][:1]
+    assert quiet, "the tiny target region needs a tile without change"
+    start = _model()
+    fit(start, mode_config("supervised", steps=60, batch_size=4, crop=64, lr=2e-3),
+        source=Stream(src, 4, 64, 0, "s"), progress=False)
+
+    def predicted_change(model):
+        with torch.no_grad():
+            return sum(float((model(b.pre, b.post).softmax(1)[:, 1] >= 0.5).float().mean())
+                       for b in tgt.iter_batches(8))
+
+    def finetuned(anchor_weight):
+        model = copy.deepcopy(start)
+        cfg = mode_config("finetune", steps=30, batch_size=4, crop=64, lr=2e-3, lambda_adv=0.0,
+                          source_weight=0.0, anchor_weight=anchor_weight)
+        unlabelled = tgt.subset(range(len(tgt)), labels=None)
+        fit(model, cfg, micro=Stream(tgt.subset(quiet), 4, 64, 0, "m"),
+            target=Stream(unlabelled, 4, 64, 0, "t"), progress=False)
+        return predicted_change(model)
+
+    before = predicted_change(start)
+    assert before > 0
+    plain, anchored = finetuned(0.0), finetuned(5.0)
+    assert plain < 0.5 * before  # taught only "no change": the map drains
+    assert anchored > 2 * plain and anchored > 0.5 * before
 
 
 def test_histogram_matching_gives_each_band_the_reference_values_and_keeps_pixel_order():
