@@ -32,6 +32,9 @@ def add_training_arguments(p: argparse.ArgumentParser, mode: str) -> None:
                        help="weight of the change-share prior on target predictions (0: off)")
         g.add_argument("--pseudo-weight", type=float, default=base.pseudo_weight,
                        help="weight of self-training on the target (EMA teacher; 0: off)")
+        g.add_argument("--anchor-weight", type=float, default=base.anchor_weight,
+                       help="weight of the KL to the starting model's change map on unlabelled target "
+                       "tiles (keeps MLFT from rewriting the model where the micro tiles do not speak; 0: off)")
         # finetune: None = as the region's adapt step (what the model was adapted with)
         inherit = mode == "finetune"
         same = " (default: as the region's adapt step)" if inherit else ""
@@ -68,7 +71,7 @@ def train_config(args: argparse.Namespace, mode: str, inherit: dict | None = Non
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
                  "seed": args.seed, "device": args.device,
                  "checkpoint_every": max(10, args.steps // 5)}
-    for name in ("lambda_adv", "photometric", "prior_weight", "pseudo_weight", *INHERITED):
+    for name in ("lambda_adv", "photometric", "prior_weight", "pseudo_weight", "anchor_weight", *INHERITED):
         value = getattr(args, name, None)
         if value is None and name in INHERITED:
             value = (inherit or {}).get(name)

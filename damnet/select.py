@@ -14,12 +14,16 @@ background drown a few very uncertain change pixels. A tile's score is the mean 
 ``top_fraction`` most uncertain pixels, averaged with the change-weighted mean uncertainty
 (weights = predicted change probability).
 
-The default ``combined`` selector takes the most uncertain quarter of the tiles, ranks them
-by uncertainty plus predicted change share (a label set of one or four tiles teaches little
-when those tiles hold no change: uncertainty alone, or typicality, picked such tiles in our
-benchmark), spreads the picks over the feature space (priority-weighted k-center), and
-keeps ``low_change_share`` of the budget for tiles with little predicted change, which
-teach what is *not* change in this region.
+The default ``combined`` selector fills ``likely_change_share`` of the budget (rounded up: the
+only tile of a one-tile budget) with the tiles of most predicted change, spread over the feature
+space: on real targets the adapted model's predicted change share is the best proxy for true
+change it has, and a micro set without changed pixels teaches MLFT little but "no change" (on
+SZTAKI AirChange the most uncertain tile held no change at all; its one-tile MLFT fell below
+random picks). Those tiles also show the labelers the model's false alarms. The next share comes
+from the most uncertain quarter of the tiles, ranked by uncertainty plus predicted change share,
+spread over the feature space (priority-weighted k-center); ``low_change_share`` of the budget
+goes to tiles with little predicted change, which teach what is *not* change in this region.
+``likely_change_share=0`` gives the selector of the synthetic ablation runs (docs/benchmarks.md).
 
 Committee disagreement: adaptation can make the model *confidently* blind to a kind of
 change the source model still saw (in our season benchmark, roofs of the same colour as the
@@ -224,7 +228,7 @@ class Selection:
 def select(scores: TileScores, budget: float | int = DEFAULT_BUDGET, method: str = "combined",
            audit: float | int = 0.01, seed: int = 0, low_change_share: float = 0.2,
            pool_factor: int = 4, low_change_threshold: float = 0.01,
-           candidate_share: float = 0.25) -> Selection:
+           candidate_share: float = 0.25, likely_change_share: float = 0.5) -> Selection:
     """Pick ``budget`` tiles to label (and a disjoint audit set of :func:`audit_count` tiles:
     a count as it is, a share raised to :data:`DEFAULT_MIN_AUDIT`) with ``method``."""
     if method not in SELECTORS:
@@ -251,17 +255,24 @@ def select(scores: TileScores, budget: float | int = DEFAULT_BUDGET, method: str
         picked = top(unc[method], pool, n)
     elif method == "kcenter":
         picked = kcenter_greedy(scores.features, pool, n, first=int(rng.choice(pool)))
-    else:  # combined: uncertain (or disputed) tiles with much predicted change, diverse, plus quiet tiles
+    else:  # combined: likely change, uncertain (or disputed) tiles, diverse, plus quiet tiles
         n_low = int(round(low_change_share * n)) if n > 1 else 0
-        n_unc = n - n_low
-        k_cand = max(pool_factor * n_unc, int(np.ceil(candidate_share * len(pool))))
+        n_likely = min(n - n_low, math.ceil(likely_change_share * n - 1e-9))
+        n_unc = n - n_low - n_likely
+
+        def candidates_by(values, among, k):
+            return np.array(top(values, among, max(pool_factor * k, int(np.ceil(candidate_share * len(pool))))))
+
+        picked = informative_diverse(scores.features, candidates_by(scores.change_fraction, pool, n_likely),
+                                     _rank(scores.change_fraction), n_likely) if n_likely else []
         interest = scores.entropy
         priority = _rank(scores.entropy) + _rank(scores.change_fraction)
         if scores.disagreement is not None:
             interest = np.maximum(_rank(scores.entropy), _rank(scores.disagreement))
             priority = priority + _rank(scores.disagreement)
-        candidates = np.array(top(interest, pool, k_cand))
-        picked = informative_diverse(scores.features, candidates, priority, n_unc)
+        if n_unc:
+            left = np.setdiff1d(pool, picked)
+            picked += informative_diverse(scores.features, candidates_by(interest, left, n_unc), priority, n_unc)
         quiet = np.array([i for i in pool if scores.change_fraction[i] < low_change_threshold
                           and i not in picked], dtype=int)
         rest = np.array([i for i in pool if i not in picked], dtype=int)

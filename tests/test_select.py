@@ -100,11 +100,13 @@ def test_combined_reaches_tiles_the_adapted_model_is_sure_of_but_the_source_mode
     scores.change_fraction[disputed] = 0.1
     scores.features = np.tile(np.r_[1.0, 1.0, 1.0, 0, 0] / np.sqrt(3), (n, 1))
     scores.features[disputed] = np.eye(3, 5)  # unlike the rest and each other
-    before = select(scores, 3, "combined", audit=1, low_change_share=0)
+    # the uncertain share of the budget only (the likely-change share would take the disputed tiles
+    # for their predicted change alone)
+    before = select(scores, 3, "combined", audit=1, low_change_share=0, likely_change_share=0)
     assert not {scores.tile_ids[i] for i in disputed} & set(before.train)
     scores.disagreement = 0.02 + 0.01 * np.sin(np.arange(n))
     scores.disagreement[disputed] = 0.3
-    after = select(scores, 3, "combined", audit=1, low_change_share=0)
+    after = select(scores, 3, "combined", audit=1, low_change_share=0, likely_change_share=0)
     assert set(after.train) == {scores.tile_ids[i] for i in disputed}
     assert after.audit == before.audit
     assert after.scores[scores.tile_ids[5]]["disagreement"] == pytest.approx(0.3)
@@ -181,11 +183,33 @@ def test_combined_prefers_uncertain_tiles_that_hold_change():
     scores.change_fraction = rng.random(n) * 0.1
     best_empty = int(np.argmax(np.where(scores.change_fraction < 0.01, scores.entropy, -1)))
     scores.entropy[best_empty] = 2.0  # the most uncertain tile predicts no change at all
-    sel = select(scores, 1, "combined", audit=1, seed=0)
+    sel = select(scores, 1, "combined", audit=1, seed=0, likely_change_share=0)
     assert select(scores, 1, "entropy", audit=1, seed=0).train == [scores.tile_ids[best_empty]]
     (picked,) = [scores.tile_ids.index(t) for t in sel.train]
     assert scores.change_fraction[picked] > np.quantile(scores.change_fraction, 0.75)
     assert scores.entropy[picked] >= np.quantile(scores.entropy, 0.75)
+
+
+def test_combined_fills_half_the_budget_with_the_tiles_of_most_predicted_change():
+    """A micro set needs changed pixels: a one-tile budget takes the tile the adapted model
+    predicts most change on; larger budgets mix such tiles (spread over the feature space) with
+    uncertain ones and quiet ones."""
+    rng = np.random.default_rng(1)
+    n = 200
+    scores = _scores(n)
+    scores.entropy = rng.random(n)
+    scores.change_fraction = rng.random(n) * 0.1
+    busiest = [int(i) for i in np.argsort(-scores.change_fraction)[:3]]
+    scores.features[busiest[1]] = scores.features[busiest[0]]  # the two busiest tiles look alike
+    sel = select(scores, 1, "combined", audit=1, seed=0)
+    assert sel.train == [scores.tile_ids[busiest[0]]]
+    four = [scores.tile_ids.index(t) for t in select(scores, 4, "combined", audit=1, seed=0).train]
+    assert len(set(four)) == 4
+    likely, uncertain, quiet = four[:2], four[2], four[3]
+    assert busiest[0] in likely and busiest[1] not in likely  # spread, not two copies
+    assert all(scores.change_fraction[i] >= np.quantile(scores.change_fraction, 0.75) for i in likely)
+    assert scores.entropy[uncertain] >= np.quantile(scores.entropy, 0.75)
+    assert scores.change_fraction[quiet] < 0.01
 
 
 def test_a_share_of_audit_tiles_is_raised_to_the_floor_a_count_is_not():
