@@ -45,3 +45,62 @@ def test_ablation_chart_refuses_a_file_that_is_not_a_result(tmp_path):
                            str(tmp_path / "c.svg")], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "x.json: not an ablation result file" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "c.svg").exists()
+
+
+def _real():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import real
+
+    return real
+
+
+def _rows(f1: dict[str, list[float]], recall: dict[str, list[float]] | None = None):
+    from ablation import Row
+
+    recall = recall or {}
+    return [Row(name, "0", [{"f1": v, "recall": r} for v, r in zip(vals, recall.get(name, vals), strict=True)],
+                [1.0] * len(vals)) for name, vals in f1.items()]
+
+
+def test_real_goals_need_every_target_not_only_the_mean():
+    real = _real()
+    good = {"source only": [0.2], "adaptation": [0.25, 0.26, 0.24], "MLFT ours 1": [0.3, 0.3, 0.3],
+            "MLFT ours 2": [0.3, 0.3, 0.3], "MLFT ours 4": [0.3, 0.31, 0.29], "MLFT random 1": [0.25] * 3,
+            "MLFT random 2": [0.25] * 3, "MLFT random 4": [0.25] * 3, "MLFT 1 tile without change": [0.2] * 3}
+    # a second target where adaptation loses far more than its seed spread
+    bad = {**good, "adaptation": [0.1, 0.11, 0.1]}
+    text = real.goals({"a": _rows(good), "b": _rows(bad)}, (1, 2, 4))
+    adapt_line = next(line for line in text.splitlines() if line.startswith("| adaptation"))
+    assert adapt_line.endswith("| NO |")
+    text = real.goals({"a": _rows(good), "b": _rows(good)}, (1, 2, 4))
+    assert "NO" not in text
+    # the collapse goal reads recall: a drop of 10 points fails it
+    collapsed = _rows(good, {"MLFT 1 tile without change": [0.15] * 3})
+    text = real.goals({"a": collapsed}, (1, 2, 4))
+    assert next(line for line in text.splitlines() if line.startswith("| recall")).endswith("| NO |")
+
+
+def test_real_collapse_case_takes_the_quiet_tile_the_model_is_most_wrong_about():
+    import numpy as np
+
+    real = _real()
+
+    class Pool:
+        tiles = [{"tile_id": "a", "change_fraction": 0.2}, {"tile_id": "b", "change_fraction": 0.0},
+                 {"tile_id": "c", "change_fraction": 0.0}, {"tile_id": "d", "change_fraction": 0.3}]
+        ids = ["a", "b", "c", "d"]
+
+    class Scores:
+        change_fraction = np.array([0.9, 0.1, 0.4, 0.8])
+
+    assert real.zero_change_tile(Scores, Pool) == "c"
+
+
+def test_real_test_scenes_exist_and_never_join_the_pool():
+    real = _real()
+    if not real.SHARED.is_dir():
+        pytest.skip(f"{real.SHARED} is absent: the real targets are not checked")
+    for key, target in real.TARGETS.items():
+        names = real._scene_names(real.SHARED / target.folder)
+        assert set(target.test) <= set(names), key
+        assert 0 < len(target.test) < len(names), key
