@@ -272,7 +272,7 @@ def ten_percent_model(plan: Plan, src_model: ChangeNet, source: TileSet, pool: T
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(pool), generator=g)[:budget_count(0.1, len(pool))].tolist()
     model = copy.deepcopy(src_model)
-    _train(model, "finetune", plan, plan.finetune_steps, seed=seed, lambda_adv=0.0, restyle=0.0,
+    _train(model, "finetune", plan, plan.finetune_steps, seed=seed, lambda_adv=0.0, anchor_weight=0.0, restyle=0.0,
            match_gsd=False, source=_stream(source, plan, "source", seed),
            micro=_stream(pool.subset(idx), plan, "micro", seed))
     return model

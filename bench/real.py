@@ -251,7 +251,7 @@ def run_target(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet, sr
             t = time.time()
             idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n10].tolist()
             model = copy.deepcopy(src_model)
-            _train(model, "finetune", plan, plan.finetune_steps, seed=seed, lambda_adv=0.0,
+            _train(model, "finetune", plan, plan.finetune_steps, seed=seed, lambda_adv=0.0, anchor_weight=0.0,
                    source=source, micro=pool.subset(idx))
             row.metrics.append(measure(model))
             row.seconds.append(time.time() - t)
