@@ -366,12 +366,14 @@ def run_pair(work: Path, plan: Plan, source: TileSet, pool: TileSet, test: TileS
 class _row_cache(dict):
     """Finished rows of one pair, kept on disk so an interrupted benchmark picks up where it was.
 
-    Keyed by the plan and all of damnet/'s code, so changed settings or code start afresh.
+    Keyed by the plan (and ``extra``: what else the rows depend on) and all of damnet/'s code, so
+    changed settings or code start afresh. bench/real.py keeps its rows in it too.
     """
 
-    def __init__(self, work: Path, label: str, plan: Plan) -> None:
-        key = hashlib.sha256((json.dumps(plan.__dict__, sort_keys=True) + code_key()).encode()).hexdigest()[:12]
-        self.path = work / f"rows-{label}-{key}.json"
+    def __init__(self, work: Path, label: str, plan, extra: str = "", stem: str = "rows") -> None:
+        key = hashlib.sha256((json.dumps(plan.__dict__, sort_keys=True, default=str) + extra
+                              + code_key()).encode()).hexdigest()[:12]
+        self.path = work / f"{stem}-{label}-{key}.json"
         super().__init__()
         if self.path.exists():
             for name, d in json.loads(self.path.read_text()).items():

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ablation import Row, _overrides, code_key  # noqa: E402
+from ablation import Row, _overrides, _row_cache, code_key  # noqa: E402
 
 from damnet.data import Stream, TileSet  # noqa: E402
 from damnet.evaluate import evaluate  # noqa: E402
@@ -185,7 +185,7 @@ def run_target(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet, sr
     pool, test = target_regions(work, plan, key)
     log(f"[{key}] pool {len(pool)} tiles, test {len(test)} tiles")
     unlabelled = pool.subset(range(len(pool)), labels=None)
-    done = _RowCache(work, key, plan)
+    done = _row_cache(work, key, plan, extra=json.dumps(TARGETS[key].__dict__, default=str), stem="real-rows")
 
     def measure(model) -> dict:
         return evaluate(model, test, batch_size=8, progress=False).as_dict()
@@ -305,25 +305,6 @@ def mlft(plan: Plan, adapted: ChangeNet, disc_state: dict, source: TileSet, pool
            micro=pool.subset([pool.ids.index(i) for i in micro_ids]),
            target=unlabelled, discriminator=disc, **plan.finetune)
     return model
-
-
-class _RowCache(dict):
-    """Finished rows of one target, on disk, keyed by the plan and damnet/'s code."""
-
-    def __init__(self, work: Path, key: str, plan: Plan) -> None:
-        digest = hashlib.sha256((json.dumps(plan.__dict__, sort_keys=True, default=str)
-                                 + json.dumps(TARGETS[key].__dict__, default=str)
-                                 + code_key()).encode()).hexdigest()[:12]
-        self.path = work / f"real-rows-{key}-{digest}.json"
-        super().__init__()
-        if self.path.exists():
-            for name, d in json.loads(self.path.read_text()).items():
-                self[name] = Row(**d)
-
-    def save(self, row: Row) -> Row:
-        self[row.name] = row
-        self.path.write_text(json.dumps({k: v.__dict__ for k, v in self.items()}, indent=1))
-        return row
 
 
 def table(title: str, rows: list[Row]) -> str:
