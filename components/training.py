@@ -35,6 +35,8 @@ def add_training_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         g.add_argument("--anchor-weight", type=float, default=base.anchor_weight,
                        help="weight of the KL to the starting model's change map on unlabelled target "
                        "tiles (keeps MLFT from rewriting the model where the micro tiles do not speak; 0: off)")
+        g.add_argument("--anchor-on", choices=("all", "change"), default=base.anchor_on,
+                       help="pixels the anchor holds: all valid ones, or those the starting model calls change")
         # finetune: None = as the region's adapt step (what the model was adapted with)
         inherit = mode == "finetune"
         same = " (default: as the region's adapt step)" if inherit else ""
@@ -71,7 +73,8 @@ def train_config(args: argparse.Namespace, mode: str, inherit: dict | None = Non
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
                  "seed": args.seed, "device": args.device,
                  "checkpoint_every": max(10, args.steps // 5)}
-    for name in ("lambda_adv", "photometric", "prior_weight", "pseudo_weight", "anchor_weight", *INHERITED):
+    for name in ("lambda_adv", "photometric", "prior_weight", "pseudo_weight", "anchor_weight", "anchor_on",
+                 *INHERITED):
         value = getattr(args, name, None)
         if value is None and name in INHERITED:
             value = (inherit or {}).get(name)

@@ -84,6 +84,7 @@ class TrainConfig:
     # starting model's change map to the model's, per valid pixel, so a few micro tiles correct
     # the model where they speak without rewriting it elsewhere (0: off)
     anchor_weight: float = 0.0
+    anchor_on: str = "all"  #: "all" valid pixels, or only those the starting model calls "change"
     # Photometric jitter (gain, offset, gamma, noise; each date on its own): applied to labelled
     # batches with this strength (0: off) and, with at least 1, to the student's pseudo-label input.
     photometric: float = 0.0
@@ -474,11 +475,16 @@ def _change_prior(target_logits: torch.Tensor, valid: torch.Tensor, source: Batc
     return r * torch.log(r / q) + (1 - r) * torch.log((1 - r) / (1 - q))
 
 
-def _anchor_loss(student: torch.Tensor, anchor: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """KL(anchor || student) of the per-pixel class distributions, averaged over valid pixels."""
+def _anchor_loss(student: torch.Tensor, anchor: torch.Tensor, valid: torch.Tensor,
+                 on: str = "all") -> torch.Tensor:
+    """KL(anchor || student) of the per-pixel class distributions, averaged over valid pixels
+    (``on="change"``: over the valid pixels the anchor predicts as change, so it keeps what the
+    starting model finds without holding the model to its misses)."""
     log_s = student.float().log_softmax(1)
     log_a = anchor.float().log_softmax(1)
     kl = (log_a.exp() * (log_a - log_s)).sum(1)
+    if on == "change":
+        valid = valid & (log_a[:, 1] > log_a[:, 0])
     v = valid.float()
     return (kl * v).sum() / v.sum().clamp_min(1)
 
@@ -539,7 +545,7 @@ def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, mic
         tb = by_name["target"]
         with torch.no_grad():
             a_logits = anchor(tb.pre, tb.post)
-        terms["anchor"] = cfg.anchor_weight * _anchor_loss(maps["target"], a_logits, tb.valid)
+        terms["anchor"] = cfg.anchor_weight * _anchor_loss(maps["target"], a_logits, tb.valid, cfg.anchor_on)
     if lam > 0:
         disc.requires_grad_(False)
         d_out = disc(discriminator_input(maps["target"], cfg.disc_input))
@@ -565,6 +571,8 @@ def _check_streams(cfg, source, target, micro, unlabelled) -> None:
         raise DamnetError(f"this training needs the stream(s): {', '.join(missing)}")
     if cfg.lambda_adv > 0 and cfg.source_weight <= 0:
         raise DamnetError("adversarial training needs labelled source batches (source_weight > 0)")
+    if cfg.anchor_on not in ("all", "change"):
+        raise DamnetError(f"anchor_on must be 'all' or 'change', got {cfg.anchor_on!r}")
     if cfg.mae_weight > 0 and (cfg.micro_weight > 0 or cfg.lambda_adv > 0):
         raise DamnetError("MAE pretraining is its own step: no segmentation or adversarial terms")
     for name in ("source", "micro"):

@@ -52,6 +52,10 @@ def test_missing_streams_and_labels_are_clear_errors(tiny_regions):
     src_unlabelled = TileSet(tiny_regions["source"], labels=None)
     with pytest.raises(DamnetError, match="needs the stream"):
         fit(_model(), mode_config("adapt"), source=Stream(src_unlabelled, 2, 64), progress=False)
+    with pytest.raises(DamnetError, match="anchor_on must be"):
+        fit(_model(), mode_config("finetune", anchor_on="some"), source=Stream(TileSet(tiny_regions["source"]), 2, 64),
+            micro=Stream(TileSet(tiny_regions["source"]), 2, 64), target=Stream(src_unlabelled, 2, 64),
+            progress=False)
     with pytest.raises(DamnetError, match="without labels"):
         fit(_model(), mode_config("supervised"), source=Stream(src_unlabelled, 2, 64),
             progress=False)
@@ -285,6 +289,11 @@ def test_anchor_is_zero_at_the_starting_model_and_grows_as_the_maps_part():
     half[:, :, 4:] = False
     mixed = torch.where(half[:, None], logits, flipped)
     assert float(_anchor_loss(mixed, logits, half)) == pytest.approx(0.0, abs=1e-6)
+    # on="change": only the pixels the anchor calls change hold the model
+    calls_change = logits[:, 1] > logits[:, 0]
+    drifted = torch.where(calls_change[:, None], logits, flipped)  # every "no change" pixel moved
+    assert float(_anchor_loss(drifted, logits, valid, on="change")) == pytest.approx(0.0, abs=1e-6)
+    assert float(_anchor_loss(drifted, logits, valid)) > 0.05
 
 
 def test_anchored_finetuning_keeps_the_map_of_the_model_it_starts_from(tiny_regions):
