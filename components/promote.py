@@ -23,7 +23,15 @@ from dataclasses import asdict
 
 import mlflow
 
-from components.step import Layout, add_common_arguments, read_json, run_step, upstream, write_json
+from components.step import (
+    Layout,
+    add_common_arguments,
+    positive_int,
+    read_json,
+    run_step,
+    upstream,
+    write_json,
+)
 from damnet import registry
 from damnet.errors import DamnetError
 
@@ -43,20 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest allowed drop of source-holdout F1 against the source model")
     p.add_argument("--required", default=",".join(registry.REQUIRED_METRICS),
                    help="comma-separated metrics the candidate must have (besides audit_f1 and source_f1)")
-    p.add_argument("--min-audit-tiles", type=_count, default=ev.min_tiles,
+    p.add_argument("--min-audit-tiles", type=positive_int, default=ev.min_tiles,
                    help="fewer audit tiles than this: not enough audit evidence, no promotion")
-    p.add_argument("--min-change-tiles", type=_count, default=ev.min_change_tiles,
+    p.add_argument("--min-change-tiles", type=positive_int, default=ev.min_change_tiles,
                    help="fewer audit tiles with true change than this: not enough audit evidence")
     p.add_argument("--confidence", type=_confidence, default=ev.confidence,
                    help="level of the two-sided bootstrap interval whose lower bound must clear the margin")
-    p.add_argument("--resamples", type=_count, default=ev.resamples, help="bootstrap resamples of the audit tiles")
-
-
-def _count(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
-    return v
+    p.add_argument("--resamples", type=positive_int, default=ev.resamples,
+                   help="bootstrap resamples of the audit tiles")
 
 
 def _confidence(text: str) -> float:

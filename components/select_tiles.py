@@ -21,6 +21,7 @@ from components.step import (
     StepError,
     add_common_arguments,
     fraction,
+    non_negative_int,
     run_step,
     upstream,
     write_json,
@@ -48,20 +49,13 @@ def budget(text: str) -> float:
 DEFAULT_AUDIT = 0.01  #: share of the region's tiles in the audit set (raised to --min-audit)
 
 
-def _whole(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
     p.add_argument("--budget", type=budget, default=DEFAULT_BUDGET,
                    help="tiles to label: a share of the region (< 1) or a count (>= 1)")
     p.add_argument("--audit", type=budget, default=DEFAULT_AUDIT,
                    help="audit tiles: a share of the region (< 1; raised to --min-audit) or an exact count (>= 1)")
-    p.add_argument("--min-audit", type=_whole, default=DEFAULT_MIN_AUDIT,
+    p.add_argument("--min-audit", type=non_negative_int, default=DEFAULT_MIN_AUDIT,
                    help="fewest audit tiles a share gives (at most half the region): the promotion gate "
                    "needs enough audit tiles to decide")
     p.add_argument("--selector", choices=SELECTORS, default="combined")

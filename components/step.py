@@ -70,6 +70,13 @@ def positive_int(text: str) -> int:
     return v
 
 
+def non_negative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return v
+
+
 def fraction(text: str) -> float:
     v = float(text)
     if not 0 <= v <= 1:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.select_tiles import audit_count
 from damnet import registry
 from damnet.metrics import (
     Confusion,
@@ -14,6 +13,7 @@ from damnet.metrics import (
     bootstrap_f1_difference,
     f1_of_counts,
 )
+from damnet.select import audit_count
 
 PIXELS = 64 * 64
 
