@@ -12,7 +12,7 @@ LS_STAMP := $(LS_VENV)/.installed
 KFP_VENV ?= .venv-kfp
 KFP_STAMP := $(KFP_VENV)/.installed
 
-.PHONY: demo test test-slow lint install clean repro airflow
+.PHONY: demo test test-slow lint install clean repro airflow params
 .DEFAULT_GOAL := demo
 
 $(STAMP): pyproject.toml
@@ -31,8 +31,14 @@ $(LS_STAMP):
 demo: $(STAMP)
 	$(BIN)/damnet demo --out runs/demo
 
+# Files derived from the step option declarations (components/spec.py, step_options.py):
+# dags/damnet_ops/workflows.json (DAG Params, Kubeflow parameters) and params.yaml (dvc).
+params: $(STAMP)
+	$(BIN)/python -m components.workflows
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 $(KFP_STAMP):
 	@test -x $(KFP_VENV)/bin/python || $(PYTHON) -m venv $(KFP_VENV)
@@ -41,6 +47,7 @@ $(KFP_STAMP):
 
 test: $(STAMP) $(LS_STAMP) $(KFP_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The end-to-end runs marked slow (a region through both DAGs, dvc repro, S3 + mlflow server):
@@ -51,8 +58,14 @@ test-slow: $(STAMP)
 # Airflow's own UI (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite)
 # with these DAGs and the demo's store and MLflow database: http://127.0.0.1:8080
 # (the admin password is printed at start-up and kept in runs/airflow/).
+# The LocalExecutor runs up to AIRFLOW_PARALLELISM tasks at once (default: the CPUs this
+# machine gives us, at most 4), and every step gets its share of the CPUs as DAMNET_THREADS
+# (torch's threads; without it two steps side by side each take every core and run ~9x slower).
 airflow: $(STAMP)
 	mkdir -p runs/airflow
+	cpus=$$($(BIN)/python -c 'from damnet.threads import available_cpus; print(available_cpus())'); \
+	parallelism=$${AIRFLOW_PARALLELISM:-$$(( cpus < 4 ? cpus : 4 ))}; \
+	AIRFLOW__CORE__PARALLELISM=$$parallelism DAMNET_THREADS=$${DAMNET_THREADS:-$$(( cpus / parallelism > 0 ? cpus / parallelism : 1 ))} \
 	PATH="$(CURDIR)/$(BIN):$$PATH" AIRFLOW_HOME="$(CURDIR)/runs/airflow" \
 	AIRFLOW__CORE__DAGS_FOLDER="$(CURDIR)/dags" AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__API__HOST=127.0.0.1 PYTHONPATH="$(CURDIR)/dags" \

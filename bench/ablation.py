@@ -136,8 +136,8 @@ def style_regions(work: Path, plan: Plan, style: str, split: str = "test") -> tu
 #: The code each cache depends on (files or folders under damnet/): a change to any of them
 #: starts that cache afresh. Regions follow the scene generator and the tiler; models also
 #: the engine and the network.
-DATA_CODE = ("synthetic.py", "tiling.py", "imagery.py")
-MODEL_CODE = (*DATA_CODE, "train.py", "data.py", "models")
+DATA_CODE = ("synthetic", "tiling.py", "imagery")
+MODEL_CODE = (*DATA_CODE, "train.py", "losses.py", "device.py", "data.py", "models")
 
 
 @functools.cache

@@ -26,11 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from damnet.checkpoint import CHECKPOINT, load_checkpoint  # noqa: E402
 from damnet.data import Stream, TileSet  # noqa: E402
 from damnet.models import PRESETS, ChangeNet, count_parameters  # noqa: E402
 from damnet.synthetic import write_region  # noqa: E402
 from damnet.tiling import TilingConfig, ingest  # noqa: E402
-from damnet.train import CHECKPOINT, fit, load_checkpoint, mode_config  # noqa: E402
+from damnet.train import fit, mode_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import _sync  # noqa: E402

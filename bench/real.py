@@ -54,10 +54,10 @@ from damnet.tiling import TilingConfig, ingest, load_manifest  # noqa: E402
 from damnet.train import fit, mode_config  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-DATA_CODE = ("tiling.py", "imagery.py")
+DATA_CODE = ("tiling.py", "imagery")
 #: the source model depends on the engine and the network, and on its tiles (by their manifest's
 #: version, a hash of the inputs and tiling settings), not on the tiler's code
-MODEL_CODE = ("train.py", "data.py", "models")
+MODEL_CODE = ("train.py", "losses.py", "device.py", "data.py", "models")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from damnet.models import PRESETS, ChangeNet, SegDiscriminator, count_flops, count_parameters  # noqa: E402
-from damnet.train import adversarial_loss, discriminator_input, segmentation_loss  # noqa: E402
+from damnet.losses import adversarial_loss, segmentation_loss  # noqa: E402
+from damnet.models import (  # noqa: E402
+    PRESETS,
+    ChangeNet,
+    SegDiscriminator,
+    count_flops,
+    count_parameters,
+    discriminator_input,
+)
 
 
 def _sync(device: torch.device) -> None:

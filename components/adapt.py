@@ -10,39 +10,19 @@ from __future__ import annotations
 
 import argparse
 
-from components.step import (
-    Layout,
-    StepError,
-    add_common_arguments,
-    output_folder,
-    read_record,
-    run_step,
-    step_key,
-    up_to_date,
-)
+from components.inputs import model_input, source_training_tiles, tiles_of
+from components.records import Layout, StepError, input_of, output_folder, read_record, step_key
+from components.step import RunOptions, run_step, up_to_date
 from components.training import (
-    add_training_arguments,
     drop_checkpoint,
     init_distributed,
     key_params,
-    model_input,
-    source_training_tiles,
     stream,
-    tiles_of,
     train_config,
 )
 from damnet import registry, storage
-from damnet.train import fit, load_weights, save_state
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--source-model", default=f"models:/{registry.SOURCE_MODEL}@{registry.CHAMPION}",
-                   help="registry URI or model file of the model to adapt")
-    p.add_argument("--source-region", default="source", help="the labelled source region")
-    p.add_argument("--use-pretrain", choices=("yes", "no"), default="no",
-                   help="start the encoder from this region's pretrain step (MAE)")
-    add_training_arguments(p, "adapt")
+from damnet.checkpoint import load_weights, save_state
+from damnet.train import fit
 
 
 def run(args: argparse.Namespace) -> None:
@@ -53,14 +33,13 @@ def run(args: argparse.Namespace) -> None:
     source, source_record = source_training_tiles(source_layout)
     model_ref = model_input(args.source_model)
     cfg = train_config(args, "adapt")
-    inputs = {"tiles": {"uri": target_record["outputs"]["tiles"], "digest": target_record["key"]},
-              "source_tiles": {"uri": source_record["outputs"]["tiles"], "digest": source_record["key"]},
+    inputs = {"tiles": input_of(target_record, "tiles"), "source_tiles": input_of(source_record, "tiles"),
               "source_model": model_ref}
-    if args.use_pretrain == "yes":
+    if args.use_pretrain:
         pre = read_record(layout, "pretrain")
         if pre is None:
             raise StepError(f"--use-pretrain: region {layout.region!r} has no pretrain step yet")
-        inputs["pretrain"] = {"uri": pre["outputs"]["encoder"], "digest": pre["key"]}
+        inputs["pretrain"] = input_of(pre, "encoder")
     params = {"train": key_params(cfg), "source_region": args.source_region}
 
     def adapted(out_dir: str, on_log=None):
@@ -85,20 +64,10 @@ def run(args: argparse.Namespace) -> None:
                            **{f"final_{k}": v for k, v in last.items() if k not in ("step",)})
         run.info.update(source_model=model_ref, history=result.history)
 
+    options = RunOptions.from_args(args)
     if rank > 0:  # torchrun: the other ranks train alongside rank 0, which writes and logs everything
-        if not up_to_date("adapt", args, inputs, params, layout):
+        if not up_to_date("adapt", inputs, params, layout, options):
             adapted(output_folder(layout, "adapt", step_key("adapt", inputs, params)))
         return
-    run_step("adapt", args, inputs, params, body, layout)
-
-
-def load_discriminator(uri: str, model):
-    """The adapted discriminator (for fine-tuning to carry on with)."""
-    from damnet.models import DISC_INPUTS, SegDiscriminator
-    from damnet.train import load_checkpoint
-
-    state = load_checkpoint(uri)
-    disc = SegDiscriminator(DISC_INPUTS[state["disc_input"]], model.config.disc_channels)
-    disc.load_state_dict(state["disc"])
-    return disc
+    run_step("adapt", inputs, params, body, layout, options)
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import os
 import sys
 
+from components import spec
 from damnet import __version__
 from damnet.errors import DamnetError
+from damnet.threads import ENV_VAR, ThreadsError, configure_threads, parse_threads
 
 #: sub-command -> module in this package
 STEPS = {
@@ -35,6 +36,8 @@ STEPS = {
     "predict": "components.predict",
     "report": "components.report",
     "rescore": "components.rescore",
+    "scan": "components.scan",
+    "labels-status": "components.labels_status",
     "demo": "components.demo",
 }
 
@@ -46,16 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"damnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=_threads, metavar="N",
+                        help=f"torch CPU threads (env {ENV_VAR}; default: the CPUs this process may use, "
+                        "from its CPU affinity and cgroup CPU quota)")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     for name, module_name in STEPS.items():
-        if importlib.util.find_spec(module_name) is None:
-            continue
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0],
-                           description=module.__doc__)
-        module.add_arguments(p)
+        doc = module.__doc__ or name
+        p = sub.add_parser(name, help=doc.strip().splitlines()[0], description=doc)
+        spec.add_arguments(p, name)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _threads(text: str) -> int:
+    try:
+        return parse_threads(text, "--threads")
+    except ThreadsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.stderr.isatty():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # Before torch loads: its idle OpenMP threads sleep instead of spinning (damnet/threads.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -70,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("mlflow", "alembic", "great_expectations"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
+        configure_threads(args.threads)
         args._run(args)
     except DamnetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import argparse
 
-from components.finetune import micro_labels
-from components.step import Layout, StepError, add_common_arguments, read_record, run_step, upstream, write_json
-from components.training import model_input, source_holdout, tiles_of
+from components.inputs import micro_labels, model_input, source_holdout, tiles_of
+from components.records import Layout, StepError, StepInput, input_of, read_record, upstream, write_json
+from components.step import RunOptions, run_step
 from damnet import registry, storage
 from damnet.data import TileSet
 from damnet.evaluate import evaluate
 from damnet.metrics import Confusion, ScoreHistogram, UndefinedF1, bootstrap_f1
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--source-region", default="source")
-    p.add_argument("--champion", default=None,
-                   help="model to compare with (default: damnet-REGION@champion, else damnet-source@champion)")
-    p.add_argument("--device", default="auto")
-
-
-def promoted_from(model: dict, finetune_key: str) -> bool:
+def promoted_from(model: StepInput, finetune_key: str) -> bool:
     """Is the registry model ``model`` (a model_input) the promoted output of that finetune run?"""
     import mlflow
 
@@ -65,10 +57,8 @@ def run(args: argparse.Namespace) -> None:
         # This candidate already won and is the champion now: keep the comparison it won.
         champion = previous["inputs"]["champion"]
     source = model_input(f"models:/{registry.SOURCE_MODEL}@{registry.CHAMPION}")
-    inputs = {"candidate": {"uri": finetune["outputs"]["model"], "digest": finetune["key"]},
-              "champion": champion, "source_model": source,
-              "labels": {"uri": l_rec["outputs"]["labels"], "digest": l_rec["key"]},
-              "tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]}}
+    inputs = {"candidate": input_of(finetune, "model"), "champion": champion, "source_model": source,
+              "labels": input_of(l_rec, "labels"), "tiles": input_of(t_rec, "tiles")}
     # per_tile_audit: the gate needs each audit tile's confusion (records without it are stale).
     params = {"source_region": args.source_region, "threshold": 0.5, "per_tile_audit": True}
 
@@ -79,13 +69,13 @@ def run(args: argparse.Namespace) -> None:
             models["source"] = source["uri"]
         sets = {"audit": audit, **({"source_holdout": holdout} if holdout is not None else {})}
         results: dict[str, dict] = {}
-        curves: dict[str, dict] = {}
+        curves: dict[str, ScoreHistogram] = {}
         for who, ref in models.items():
             model, _ = registry.load_model(ref)
             results[who] = {"model": ref}
             for set_name, tiles in sets.items():
                 hist = ScoreHistogram()
-                per_tile = {} if set_name == "audit" else None
+                per_tile: dict[str, Confusion] | None = {} if set_name == "audit" else None
                 conf = evaluate(model, tiles, device=args.device, histogram=hist, per_tile=per_tile)
                 results[who][set_name] = {**conf.as_dict(), "average_precision": hist.average_precision,
                                           "tiles": len(tiles)}
@@ -108,7 +98,7 @@ def run(args: argparse.Namespace) -> None:
             line = ", ".join(_f1_text(r[s], s) for s in sets)
             print(f"  {who:9s} {line}  ({r['model']})")
 
-    run_step("evaluate", args, inputs, params, body, layout)
+    run_step("evaluate", inputs, params, body, layout, RunOptions.from_args(args))
 
 
 def _f1_text(r: dict, set_name: str) -> str:

@@ -14,20 +14,13 @@ import argparse
 import numpy as np
 import torch
 
-from components.step import Layout, add_common_arguments, read_json, run_step, upstream
-from components.training import tiles_of
+from components.inputs import tiles_of
+from components.records import Layout, input_of, read_json, upstream
+from components.step import RunOptions, run_step
 from damnet import labels, registry
 from damnet.data import TileSet
+from damnet.device import resolve_device
 from damnet.evaluate import change_probability
-from damnet.train import resolve_device
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--image-url-prefix", default=None,
-                   help="prefix of image URLs in the tasks (e.g. the export's s3:// URI with a "
-                        "Label Studio S3 source storage); default: relative paths")
-    p.add_argument("--device", default="auto")
 
 
 def predicted_masks(model, tiles, device: str = "auto", batch_size: int = 8) -> dict[str, np.ndarray]:
@@ -50,9 +43,8 @@ def run(args: argparse.Namespace) -> None:
     tiles, t_rec = tiles_of(layout, labels=None)
     select = upstream(layout, "select")
     adapt = upstream(layout, "adapt")
-    inputs = {"selection": {"uri": select["outputs"]["selection"], "digest": select["key"]},
-              "model": {"uri": adapt["outputs"]["model"], "digest": adapt["key"]},
-              "tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]}}
+    inputs = {"selection": input_of(select, "selection"), "model": input_of(adapt, "model"),
+              "tiles": input_of(t_rec, "tiles")}
     params = {"image_url_prefix": args.image_url_prefix}
 
     def body(run):
@@ -75,4 +67,4 @@ def run(args: argparse.Namespace) -> None:
         print(f"  labelers: import tasks.json with label_config.xml; return the JSON export to "
               f"{layout.inbox}/export.json (or mask PNGs to {layout.inbox}/masks/)")
 
-    run_step("export-labels", args, inputs, params, body, layout)
+    run_step("export-labels", inputs, params, body, layout, RunOptions.from_args(args))

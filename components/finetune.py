@@ -9,33 +9,19 @@ from __future__ import annotations
 
 import argparse
 
-from components.adapt import load_discriminator
-from components.step import Layout, StepError, add_common_arguments, read_json, run_step, upstream
+from components.inputs import micro_labels, source_training_tiles, tiles_of
+from components.records import Layout, StepError, input_of, upstream
+from components.step import RunOptions, run_step
 from components.training import (
-    add_training_arguments,
     drop_checkpoint,
     key_params,
-    source_training_tiles,
+    load_discriminator,
     stream,
-    tiles_of,
     train_config,
 )
 from damnet import registry
 from damnet.data import TileSet
 from damnet.train import fit
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--source-region", default="source")
-    add_training_arguments(p, "finetune")
-
-
-def micro_labels(layout: Layout, which: str) -> tuple[dict[str, str], dict]:
-    """tile id -> label tile URI of the imported ``which`` set ("train" or "audit"), and the record."""
-    record = upstream(layout, "import-labels")
-    table = read_json(record["outputs"]["labels"])
-    return {t: v["uri"] for t, v in table.items() if v["set"] == which}, record
 
 
 def run(args: argparse.Namespace) -> None:
@@ -47,10 +33,8 @@ def run(args: argparse.Namespace) -> None:
     if not labels:
         raise StepError(f"region {layout.region!r}: the imported labels have no 'train' tiles to fine-tune on")
     cfg = train_config(args, "finetune", inherit=adapt["params"]["train"])
-    inputs = {"tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]},
-              "source_tiles": {"uri": s_rec["outputs"]["tiles"], "digest": s_rec["key"]},
-              "adapted": {"uri": adapt["outputs"]["model"], "digest": adapt["key"]},
-              "labels": {"uri": l_rec["outputs"]["labels"], "digest": l_rec["key"]}}
+    inputs = {"tiles": input_of(t_rec, "tiles"), "source_tiles": input_of(s_rec, "tiles"),
+              "adapted": input_of(adapt, "model"), "labels": input_of(l_rec, "labels")}
     params = {"train": key_params(cfg), "source_region": args.source_region}
 
     def body(run):
@@ -67,4 +51,4 @@ def run(args: argparse.Namespace) -> None:
         run.metrics.update(train_seconds=result.seconds, micro_tiles=len(labels))
         run.info.update(history=result.history)
 
-    run_step("finetune", args, inputs, params, body, layout)
+    run_step("finetune", inputs, params, body, layout, RunOptions.from_args(args))

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import argparse
 
-from components.step import (
+from components.inputs import tiles_of
+from components.records import (
     Layout,
     StepError,
-    add_common_arguments,
+    StepInput,
     file_digest,
+    input_of,
     read_json,
-    run_step,
     tree_digest,
     upstream,
     write_json,
 )
-from components.training import tiles_of
+from components.step import RunOptions, run_step
 from damnet import labels, storage
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--labels", default=None,
-                   help="Label Studio JSON export (.json) or folder of <tile_id>.png masks")
 
 
 def default_labels(layout: Layout) -> str:
@@ -52,8 +47,7 @@ def run(args: argparse.Namespace) -> None:
     if is_json and not storage.storage_for(source).exists(source):
         raise StepError(f"{source}: no such label export")
     digest = file_digest(source) if is_json else tree_digest(source)
-    inputs = {"labels": {"uri": source, "digest": digest},
-              "tasks": {"uri": export["outputs"]["tasks"], "digest": export["key"]}}
+    inputs: dict[str, StepInput] = {"labels": {"uri": source, "digest": digest}, "tasks": input_of(export, "tasks")}
 
     def body(run):
         tasks = read_json(export["outputs"]["tasks"])
@@ -77,4 +71,4 @@ def run(args: argparse.Namespace) -> None:
         print(f"  {len(table)} labelled tile(s) imported ({counts['train']} train, {counts['audit']} audit)"
               + (f"; {len(tasks) - len(table)} task(s) not labelled yet" if len(table) < len(tasks) else ""))
 
-    run_step("import-labels", args, inputs, params={}, body=body, layout=layout)
+    run_step("import-labels", inputs, {}, body, layout, RunOptions.from_args(args))

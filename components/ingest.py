@@ -9,30 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from components.step import Layout, StepError, add_common_arguments, run_step, tree_digest
+from components.records import Layout, StepError, StepInput, tree_digest
+from components.step import RunOptions, run_step
 from damnet import storage
-from damnet.imagery import DEFAULT_LABEL_THRESHOLD, parse_bands
+from damnet.imagery import parse_bands
 from damnet.tiling import MANIFEST, TilingConfig, ingest
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--imagery", default=None, help="region folder or s3:// prefix "
-                   "(default: STORE/imagery/REGION)")
-    p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--overlap", type=int, default=0)
-    p.add_argument("--bands", default=None,
-                   help="R,G,B bands of imagery with other than 3 bands: 1-based numbers "
-                   "(e.g. 3,2,1 for Sentinel-2 B02,B03,B04,B08 files) or band descriptions "
-                   "(e.g. B04,B03,B02); unset or empty (--bands=): exactly 3 bands")
-    p.add_argument("--label-threshold", type=int, default=DEFAULT_LABEL_THRESHOLD,
-                   help="a label pixel is change when its value is above this (0..254; "
-                   "values on 0..255, 0/1 labels read as 0/255, colour labels by their "
-                   "largest component, transparent pixels as 0; 0 for class-number labels; "
-                   "default %(default)s)")
-    p.add_argument("--require-labels", action="store_true")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip bad pairs with a warning line each instead of failing")
 
 
 def config_from(args: argparse.Namespace) -> TilingConfig:
@@ -51,7 +32,7 @@ def run(args: argparse.Namespace) -> None:
     params = {"tiling": {"size": config.size, "overlap": config.overlap, "bands": config.bands,
                          "require_labels": config.require_labels, "skip_bad": config.skip_bad,
                          "label_threshold": config.label_threshold}}
-    inputs = {"imagery": {"uri": imagery, "digest": tree_digest(imagery)}}
+    inputs: dict[str, StepInput] = {"imagery": {"uri": imagery, "digest": tree_digest(imagery)}}
 
     def body(run):
         manifest = ingest(imagery, layout.tiles, config)
@@ -64,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
                         skipped=manifest["skipped"])
         run.artifact(storage.join(layout.tiles, MANIFEST))
 
-    run_step("ingest", args, inputs, params, body, layout)
+    run_step("ingest", inputs, params, body, layout, RunOptions.from_args(args))
 
 
 def summary(out: str, manifest: dict) -> str:

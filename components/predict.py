@@ -15,25 +15,14 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from components.step import Layout, add_common_arguments, positive_int, run_step, tree_digest, write_json
-from components.training import model_input
+from components.inputs import model_input
+from components.records import Layout, StepInput, tree_digest, write_json
+from components.step import RunOptions, run_step
 from damnet import registry, storage
 from damnet.predict import predict_region
 from damnet.quicklook import save_png
 
 QUICKLOOK_PX = 1024
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--model", default=None, help="registry URI or model file (default: the region's champion)")
-    p.add_argument("--imagery", default=None, help="scene pairs to map (default: STORE/imagery/REGION)")
-    p.add_argument("--tile", type=positive_int, default=256)
-    p.add_argument("--overlap", type=int, default=64)
-    p.add_argument("--batch-size", type=positive_int, default=4)
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--min-area-px", type=int, default=16, help="drop polygons smaller than this")
-    p.add_argument("--device", default="auto")
 
 
 def overlay(image_path: str, change_uri: str, out_uri: str) -> None:
@@ -59,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     model_ref = model_input(args.model or f"models:/{registry.registered_name(layout.region)}@{registry.CHAMPION}")
     imagery = storage.absolute(args.imagery) if args.imagery else layout.imagery
-    inputs = {"model": model_ref, "imagery": {"uri": imagery, "digest": tree_digest(imagery)}}
+    inputs: dict[str, StepInput] = {"model": model_ref, "imagery": {"uri": imagery, "digest": tree_digest(imagery)}}
     params = {"tile": args.tile, "overlap": args.overlap, "threshold": args.threshold,
               "min_area_px": args.min_area_px}
 
@@ -91,4 +80,4 @@ def run(args: argparse.Namespace) -> None:
             if s["quicklook"]:
                 run.artifact(s["quicklook"], "maps")
 
-    run_step("predict", args, inputs, params, body, layout)
+    run_step("predict", inputs, params, body, layout, RunOptions.from_args(args))

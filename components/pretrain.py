@@ -14,30 +14,15 @@ import argparse
 
 import torch
 
-from components.step import Layout, add_common_arguments, run_step
-from components.training import (
-    add_training_arguments,
-    drop_checkpoint,
-    key_params,
-    model_input,
-    stream,
-    tiles_of,
-    train_config,
-)
+from components.inputs import model_input, tiles_of
+from components.records import Layout, input_of
+from components.step import RunOptions, run_step
+from components.training import drop_checkpoint, key_params, stream, train_config
 from damnet import registry
+from damnet.checkpoint import save_state
 from damnet.data import TileSet
-from damnet.models import PRESETS, ChangeNet, preset
-from damnet.train import fit, save_state
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--source-region", default="source")
-    p.add_argument("--source-model", default=f"models:/{registry.SOURCE_MODEL}@{registry.CHAMPION}",
-                   help="registry URI or model file whose encoder pretraining continues from")
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="start a fresh encoder of this preset instead of the source model's")
-    add_training_arguments(p, "pretrain")
+from damnet.models import ChangeNet, preset
+from damnet.train import fit
 
 
 class _Both(TileSet):
@@ -59,8 +44,7 @@ def run(args: argparse.Namespace) -> None:
     target, t_rec = tiles_of(layout, labels=None)
     source, s_rec = tiles_of(layout.of(args.source_region), labels=None)
     cfg = train_config(args, "pretrain")
-    inputs = {"tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]},
-              "source_tiles": {"uri": s_rec["outputs"]["tiles"], "digest": s_rec["key"]}}
+    inputs = {"tiles": input_of(t_rec, "tiles"), "source_tiles": input_of(s_rec, "tiles")}
     if args.preset is None:
         inputs["source_model"] = model_input(args.source_model)
     params = {"train": key_params(cfg), "preset": args.preset}
@@ -79,4 +63,4 @@ def run(args: argparse.Namespace) -> None:
         run.metrics.update(train_seconds=result.seconds,
                            final_mae=result.history[-1]["mae"] if result.history else float("nan"))
 
-    run_step("pretrain", args, inputs, params, body, layout)
+    run_step("pretrain", inputs, params, body, layout, RunOptions.from_args(args))

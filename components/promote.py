@@ -23,15 +23,8 @@ from dataclasses import asdict
 
 import mlflow
 
-from components.step import (
-    Layout,
-    add_common_arguments,
-    positive_int,
-    read_json,
-    run_step,
-    upstream,
-    write_json,
-)
+from components.records import Layout, input_of, read_json, upstream, write_json
+from components.step import RunOptions, run_step
 from damnet import registry
 from damnet.errors import DamnetError
 
@@ -40,32 +33,6 @@ class PromotionRejected(DamnetError):
     """The candidate did not pass the gate; nothing was promoted (exit status 3)."""
 
     exit_code = 3
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    ev = registry.Evidence()
-    p.add_argument("--margin", type=float, default=0.01,
-                   help="audit F1 gain over the champion that the gain's lower bound must exceed")
-    p.add_argument("--max-source-drop", type=float, default=0.05,
-                   help="largest allowed drop of source-holdout F1 against the source model")
-    p.add_argument("--required", default=",".join(registry.REQUIRED_METRICS),
-                   help="comma-separated metrics the candidate must have (besides audit_f1 and source_f1)")
-    p.add_argument("--min-audit-tiles", type=positive_int, default=ev.min_tiles,
-                   help="fewer audit tiles than this: not enough audit evidence, no promotion")
-    p.add_argument("--min-change-tiles", type=positive_int, default=ev.min_change_tiles,
-                   help="fewer audit tiles with true change than this: not enough audit evidence")
-    p.add_argument("--confidence", type=_confidence, default=ev.confidence,
-                   help="level of the two-sided bootstrap interval whose lower bound must clear the margin")
-    p.add_argument("--resamples", type=positive_int, default=ev.resamples,
-                   help="bootstrap resamples of the audit tiles")
-
-
-def _confidence(text: str) -> float:
-    v = float(text)
-    if not 0.5 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0.5 and below 1, got {text}")
-    return v
 
 
 def gate_inputs(metrics: dict) -> tuple[dict, dict | None, float | None]:
@@ -109,8 +76,7 @@ def run(args: argparse.Namespace) -> None:
                                     *(x.strip() for x in args.required.split(",") if x.strip())]))
     evidence = registry.Evidence(min_tiles=args.min_audit_tiles, min_change_tiles=args.min_change_tiles,
                                  confidence=args.confidence, resamples=args.resamples)
-    inputs = {"evaluation": {"uri": evaluation["outputs"]["metrics"], "digest": evaluation["key"]},
-              "candidate": {"uri": finetune["outputs"]["model"], "digest": finetune["key"]}}
+    inputs = {"evaluation": input_of(evaluation, "metrics"), "candidate": input_of(finetune, "model")}
     params = {"margin": args.margin, "max_source_drop": args.max_source_drop, "required": list(required),
               "evidence": asdict(evidence)}
 
@@ -162,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
         for reason in decision.reasons:
             print(f"    - {reason}")
 
-    record = run_step("promote", args, inputs, params, body, layout)
+    record = run_step("promote", inputs, params, body, layout, RunOptions.from_args(args))
     decision = read_json(record["outputs"]["decision"])
     if not decision["promoted"]:
         raise PromotionRejected(

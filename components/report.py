@@ -12,7 +12,8 @@ import base64
 import html
 import time
 
-from components.step import Layout, StepError, add_common_arguments, read_json, read_record, run_step
+from components.records import Layout, StepError, StepInput, read_json, read_record
+from components.step import RunOptions, run_step
 from damnet import storage
 
 STEP_ORDER = ("ingest", "validate", "pretrain", "adapt", "select", "export-labels", "import-labels",
@@ -28,11 +29,6 @@ th{background:#f4f4f4} .num{text-align:right;font-variant-numeric:tabular-nums}
 .tile img{width:128px;height:128px;image-rendering:pixelated} img.plot{max-width:100%}
 code{background:#f4f4f4;padding:0 .2em}
 """
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--max-tiles", type=int, default=24, help="selected tiles shown")
 
 
 def _img(uri: str, cls: str = "plot", alt: str = "") -> str:
@@ -61,10 +57,8 @@ def _steps_table(records: dict) -> str:
 
 def _validation_report_uri(layout: Layout, records: dict) -> str | None:
     """The newest validation report: a failed run has no step record, only validate/latest.json."""
-    from components.validate import latest_uri
-
     r = records.get("validate")
-    uri = latest_uri(layout)
+    uri = layout.latest_validation
     latest = read_json(uri) if storage.storage_for(uri).exists(uri) else None
     if latest is not None and (r is None or latest.get("created", "") >= r.get("started", "")):
         return latest["report"]
@@ -251,7 +245,8 @@ def run(args: argparse.Namespace) -> None:
     records = {name: r for name in STEP_ORDER if (r := read_record(layout, name)) is not None}
     if not records:
         raise StepError(f"region {layout.region!r} has no finished steps in {layout.store}")
-    inputs = {name: {"uri": layout.record_uri(name), "digest": r["key"]} for name, r in records.items()}
+    inputs: dict[str, StepInput] = {name: {"uri": layout.record_uri(name), "digest": r["key"]}
+                                    for name, r in records.items()}
 
     def body(run):
         page = render(layout, records, args.max_tiles)
@@ -259,5 +254,5 @@ def run(args: argparse.Namespace) -> None:
         run.outputs.update(report=run.path("index.html"))
         run.artifact(run.path("index.html"), "report")
 
-    record = run_step("report", args, inputs, {"max_tiles": args.max_tiles}, body, layout)
+    record = run_step("report", inputs, {"max_tiles": args.max_tiles}, body, layout, RunOptions.from_args(args))
     print(f"  report: {record['outputs']['report']}")

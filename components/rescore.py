@@ -12,9 +12,9 @@ import argparse
 
 import mlflow
 
-from components.finetune import micro_labels
-from components.step import Layout, add_common_arguments, run_step, write_json
-from components.training import model_input, tiles_of
+from components.inputs import micro_labels, model_input, tiles_of
+from components.records import Layout, input_of, write_json
+from components.step import RunOptions, run_step
 from damnet import registry
 from damnet.data import TileSet
 from damnet.errors import DamnetError
@@ -23,12 +23,6 @@ from damnet.evaluate import evaluate
 
 class ChampionDrift(DamnetError):
     """The champion scores worse on its audit set than when it was promoted."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--max-drop", type=float, default=0.02, help="largest tolerated audit F1 drop")
-    p.add_argument("--device", default="auto")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -40,8 +34,7 @@ def run(args: argparse.Namespace) -> None:
     champion = model_input(f"models:/{name}@{registry.CHAMPION}")
     audit, l_rec = micro_labels(layout, "audit")
     _, t_rec = tiles_of(layout, labels=None)
-    inputs = {"champion": champion, "labels": {"uri": l_rec["outputs"]["labels"], "digest": l_rec["key"]},
-              "tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]}}
+    inputs = {"champion": champion, "labels": input_of(l_rec, "labels"), "tiles": input_of(t_rec, "tiles")}
     params = {"max_drop": args.max_drop}
 
     def body(run):
@@ -64,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"  {champion['uri']}: audit F1 {f1:.4f}"
               + (f" (at promotion {promoted_f1:.4f}, drop {drop:+.4f})" if drop is not None else ""))
 
-    record = run_step("rescore", args, inputs, params, body, layout)
+    record = run_step("rescore", inputs, params, body, layout, RunOptions.from_args(args))
     if record["metrics"].get("flagged"):
         raise ChampionDrift(f"{name}: champion {record['inputs']['champion']['uri']} audit F1 fell to "
                             f"{record['metrics']['audit_f1']:.4f}, {record['metrics']['drop']:.4f} below its "

@@ -16,22 +16,11 @@ from __future__ import annotations
 
 import argparse
 
-from components.step import (
-    Layout,
-    StepError,
-    add_common_arguments,
-    fraction,
-    non_negative_int,
-    run_step,
-    upstream,
-    write_json,
-)
-from components.training import tiles_of
+from components.inputs import tiles_of
+from components.records import Layout, StepError, input_of, upstream, write_json
+from components.step import RunOptions, run_step
 from damnet import registry, storage
 from damnet.select import (
-    DEFAULT_BUDGET,
-    DEFAULT_MIN_AUDIT,
-    SELECTORS,
     audit_count,
     budget_count,
     score_region,
@@ -39,42 +28,11 @@ from damnet.select import (
 )
 
 
-def budget(text: str) -> float:
-    v = float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"the label budget must be positive (a share < 1 or a count), got {text}")
-    return v
-
-
-DEFAULT_AUDIT = 0.01  #: share of the region's tiles in the audit set (raised to --min-audit)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--budget", type=budget, default=DEFAULT_BUDGET,
-                   help="tiles to label: a share of the region (< 1) or a count (>= 1)")
-    p.add_argument("--audit", type=budget, default=DEFAULT_AUDIT,
-                   help="audit tiles: a share of the region (< 1; raised to --min-audit) or an exact count (>= 1)")
-    p.add_argument("--min-audit", type=non_negative_int, default=DEFAULT_MIN_AUDIT,
-                   help="fewest audit tiles a share gives (at most half the region): the promotion gate "
-                   "needs enough audit tiles to decide")
-    p.add_argument("--selector", choices=SELECTORS, default="combined")
-    p.add_argument("--reference", choices=("none", "source"), default="none",
-                   help="second opinion for the scores: none (the adapted model's uncertainty alone) or "
-                   "the source model adapt started from (their disagreement joins the combined selector)")
-    p.add_argument("--mc-samples", type=int, default=0, help="MC-dropout passes (mutual_info)")
-    p.add_argument("--max-label-share", type=fraction, default=0.01,
-                   help="refuse a budget above this share of the region's tiles")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-
-
 def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     tiles, t_rec = tiles_of(layout, labels=None)
     adapt = upstream(layout, "adapt")
-    inputs = {"tiles": {"uri": t_rec["outputs"]["tiles"], "digest": t_rec["key"]},
-              "model": {"uri": adapt["outputs"]["model"], "digest": adapt["key"]}}
+    inputs = {"tiles": input_of(t_rec, "tiles"), "model": input_of(adapt, "model")}
     if args.reference == "source":
         inputs["reference"] = adapt["inputs"]["source_model"]
     n_audit = audit_count(args.audit, len(tiles), args.min_audit)
@@ -114,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
               f"({run.metrics['train_label_share']:.2%} of the region), plus {len(sel.audit)} audit tile(s) "
               "for evaluation only")
 
-    run_step("select", args, inputs, params, body, layout)
+    run_step("select", inputs, params, body, layout, RunOptions.from_args(args))
 
 
 def plot_selection(sel, uri: str) -> None:

@@ -15,16 +15,10 @@ from pathlib import Path
 import numpy as np
 from rasterio.windows import Window
 
-from components.step import Layout, StepError, add_common_arguments, read_json, upstream
-from components.training import tiles_of
+from components.inputs import tiles_of
+from components.records import Layout, StepError, read_json, upstream
 from damnet import labels, storage
 from damnet.imagery import IMAGE_SUFFIXES, read_label_window
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--truth", required=True, help="folder of ground-truth label scenes (one per pair)")
-    p.add_argument("--out", default=None, help="where the export goes (default STORE/labels/REGION/export.json)")
 
 
 def truth_reader(truth_root: Path, tiles_by_id: dict):

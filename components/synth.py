@@ -9,18 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from damnet.synthetic import STYLES, write_region
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--style", required=True, choices=sorted(STYLES))
-    p.add_argument("--out", required=True, help="region folder or s3:// prefix")
-    p.add_argument("--scenes", type=int, default=4)
-    p.add_argument("--size", type=int, default=512, help="scene side in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--labels-out", default=None,
-                   help="write labels here instead of OUT/label (keeps them from the pipeline)")
-    p.add_argument("--quicklook", default=None, help="PNG of the first scene: pre | post | label")
+from damnet.synthetic import write_region
 
 
 def run(args: argparse.Namespace) -> None:

@@ -14,21 +14,16 @@ import argparse
 import mlflow
 import torch
 
-from components.step import Layout, StepError, add_common_arguments, fraction, run_step, write_json
-from components.training import add_training_arguments, drop_checkpoint, key_params, stream, tiles_of, train_config
+from components.inputs import tiles_of
+from components.records import Layout, StepError, input_of, write_json
+from components.step import RunOptions, run_step
+from components.training import drop_checkpoint, key_params, stream, train_config
 from damnet import registry
 from damnet.data import split_ids
 from damnet.evaluate import evaluate
+from damnet.metrics import Confusion
 from damnet.models import ChangeNet, count_parameters, preset
 from damnet.train import fit
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p, region="source")
-    add_training_arguments(p, "supervised")
-    p.add_argument("--holdout", type=fraction, default=0.2, help="share of tiles kept for evaluation")
-    p.add_argument("--margin", type=float, default=0.0,
-                   help="holdout F1 the new model must gain over the champion to replace it")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -36,7 +31,7 @@ def run(args: argparse.Namespace) -> None:
     tiles, ingest_record = tiles_of(layout)
     cfg = train_config(args, "supervised")
     params = {"train": key_params(cfg), "preset": args.preset, "holdout": args.holdout, "margin": args.margin}
-    inputs = {"tiles": {"uri": ingest_record["outputs"]["tiles"], "digest": ingest_record["key"]}}
+    inputs = {"tiles": input_of(ingest_record, "tiles")}
 
     def body(run):
         if not tiles.has_labels():
@@ -56,7 +51,8 @@ def run(args: argparse.Namespace) -> None:
         run.metrics.update(train_seconds=result.seconds, parameters=count_parameters(model),
                            train_tiles=len(train_ids), holdout_tiles=len(holdout_ids))
         holdout = tiles.subset([index[t] for t in holdout_ids]) if holdout_ids else None
-        f1, per_tile = None, {}
+        f1: float | None = None
+        per_tile: dict[str, Confusion] = {}
         if holdout is not None:
             conf = evaluate(model, holdout, device=args.device, per_tile=per_tile)
             f1 = conf.f1
@@ -66,7 +62,8 @@ def run(args: argparse.Namespace) -> None:
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
         champion = registry.alias_version(client, name, registry.CHAMPION)
-        champ_f1, champ_tiles = None, {}
+        champ_f1: float | None = None
+        champ_tiles: dict[str, Confusion] = {}
         if champion is not None and holdout is not None:
             champ_model, _ = registry.load_model(f"models:/{name}/{champion.version}")
             champ_f1 = evaluate(champ_model, holdout, device=args.device, per_tile=champ_tiles).f1
@@ -83,5 +80,5 @@ def run(args: argparse.Namespace) -> None:
         if f1 is not None:
             print(f"  holdout F1 {f1:.3f} on {len(holdout_ids)} tile(s)")
 
-    run_step("train", args, inputs, params, body, layout)
+    run_step("train", inputs, params, body, layout, RunOptions.from_args(args))
 

@@ -16,46 +16,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from components.step import (
-    Layout,
-    StepError,
-    add_common_arguments,
-    fraction,
-    log_artifacts,
-    read_record,
-    run_step,
-    upstream,
-    write_json,
-)
-from damnet import storage
+from components.records import Layout, StepError, input_of, read_record, upstream, write_json
+from components.step import RunOptions, run_step
+from components.tracking import log_artifacts
 from damnet.validation import ValidationConfig, ValidationFailed, validate_region
-
-#: The last validation's outcome, under the region's validate/ folder (see :func:`latest_uri`).
-LATEST = "latest.json"
-
-
-def latest_uri(layout: Layout) -> str:
-    """Where every validate run records its outcome and report, passed or failed."""
-    return storage.join(layout.region_uri, "validate", LATEST)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    d = ValidationConfig()
-    p.add_argument("--source-region", default="source", help="compare pixel statistics with this region")
-    p.add_argument("--min-tiles", type=int, default=d.min_tiles, help="fewer tiles fail the region")
-    p.add_argument("--max-misregistration-px", type=float, default=d.max_misregistration_px,
-                   help="largest shift between the dates, in pixels, of a pair (fails) or a tile (see "
-                   "--tile-misregistration-severity)")
-    p.add_argument("--max-nodata-fraction", type=fraction, default=d.max_nodata_fraction,
-                   help="largest share of a tile's pixels (inside the scene) without data")
-    p.add_argument("--max-mean-nodata-fraction", type=fraction, default=d.max_mean_nodata_fraction,
-                   help="largest share of the region's pixels without data")
-    p.add_argument("--mostly", type=float, default=d.mostly, help="share of tiles that must pass per-tile checks")
-    p.add_argument("--tile-misregistration-severity", choices=("warning", "critical"),
-                   default=d.tile_misregistration_severity,
-                   help="warning: tiles above --max-misregistration-px are reported; critical: they fail "
-                   "the region (a pair above it always fails)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -68,16 +32,16 @@ def run(args: argparse.Namespace) -> None:
                                   tile_misregistration_severity=args.tile_misregistration_severity)
     except ValueError as exc:
         raise StepError(f"damnet validate: {exc}") from None
-    inputs = {"tiles": {"uri": ingest["outputs"]["tiles"], "digest": ingest["key"]}}
+    inputs = {"tiles": input_of(ingest, "tiles")}
     source = read_record(layout.of(args.source_region), "ingest") if args.source_region != layout.region else None
     if source is not None:
-        inputs["source_tiles"] = {"uri": source["outputs"]["tiles"], "digest": source["key"]}
+        inputs["source_tiles"] = input_of(source, "tiles")
     params = {"validation": config.__dict__ | {"dtypes": list(config.dtypes)}}
 
     def body(run):
         report = validate_region(ingest["outputs"]["tiles"], run.out, config,
                                  source_uri=source["outputs"]["tiles"] if source else None)
-        write_json(latest_uri(layout), {
+        write_json(layout.latest_validation, {
             "success": report.success, "report": report.paths["report"], "data_docs": report.paths["data_docs"],
             "key": run.key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         run.outputs.update(report=report.paths["report"], data_docs=report.paths["data_docs"],
@@ -94,4 +58,4 @@ def run(args: argparse.Namespace) -> None:
         run.artifact(docs, "data_docs")
         run.artifact(report.paths["report"])
 
-    run_step("validate", args, inputs, params, body, layout)
+    run_step("validate", inputs, params, body, layout, RunOptions.from_args(args))

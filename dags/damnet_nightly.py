@@ -1,5 +1,8 @@
 """Nightly DAG: start the region and fine-tune runs that are due, and re-score champions.
 
+``damnet scan`` (a step command; light, so on the worker in both modes: its JSON result,
+the command's last output line, is what the tasks below map over) finds
+
 * regions whose imagery is new or changed since their last ingest -> ``damnet_region``
 * regions whose labels arrived since their last import -> ``damnet_finetune``
 * every region with a champion and audit labels -> ``damnet rescore`` (fails, and tags the
@@ -14,7 +17,7 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 from damnet_ops import settings as settings_mod
-from damnet_ops.steps import full_arguments, mapped_step_task
+from damnet_ops.steps import full_arguments, mapped_step_task, step_task
 
 S = settings_mod.load()
 SOURCE_REGIONS = tuple(os.environ.get("DAMNET_SOURCE_REGIONS", "source").split(","))
@@ -31,12 +34,6 @@ SOURCE_REGIONS = tuple(os.environ.get("DAMNET_SOURCE_REGIONS", "source").split("
 )
 def damnet_nightly():
     @task
-    def scan() -> dict[str, list[str]]:
-        from damnet_ops.scan import scan_store
-
-        return scan_store(S.store, SOURCE_REGIONS)
-
-    @task
     def confs(found: dict, key: str) -> list[dict]:
         return [found.get("conf", {}).get(r, {"region": r}) for r in found[key]]
 
@@ -45,7 +42,7 @@ def damnet_nightly():
         run_id = context["run_id"]
         return [full_arguments(S, "rescore", ["--region", r], run_id=run_id) for r in found["rescore"]]
 
-    found = scan()
+    found = step_task(S, "scan", ["--source-regions", ",".join(SOURCE_REGIONS)], returns_json=True).output
     TriggerDagRunOperator.partial(task_id="start_region_runs", trigger_dag_id="damnet_region").expand(
         conf=confs.override(task_id="new_imagery")(found, "new_imagery"))
     TriggerDagRunOperator.partial(task_id="start_finetune_runs", trigger_dag_id="damnet_finetune").expand(

@@ -31,8 +31,11 @@ class Batch:
     index: torch.Tensor  #: positions in the TileSet
 
     def to(self, device) -> Batch:
-        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(mv(self.pre), mv(self.post), mv(self.label), mv(self.valid), self.index)
+        def mv(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        return Batch(mv(self.pre), mv(self.post), None if self.label is None else mv(self.label),
+                     mv(self.valid), self.index)
 
 
 class TileSet:
@@ -101,8 +104,9 @@ class TileSet:
 
     def batch(self, indices: Sequence[int]) -> Batch:
         items = [self.load(int(i)) for i in indices]
-        labels = None if any(it[2] is None for it in items) else torch.from_numpy(
-            np.stack([it[2] for it in items]).astype(np.int64))
+        label_arrays = [it[2] for it in items if it[2] is not None]
+        labels = None if len(label_arrays) < len(items) else torch.from_numpy(
+            np.stack(label_arrays).astype(np.int64))
         return Batch(torch.from_numpy(np.stack([it[0] for it in items])),
                      torch.from_numpy(np.stack([it[1] for it in items])), labels,
                      torch.from_numpy(np.stack([it[3] for it in items])),
@@ -208,8 +212,8 @@ class Stream:
                         t = t.flip(-2)
                     t = torch.rot90(t, int(rots[i]), dims=(-2, -1))
                 outs[key].append(t)
-        stack = lambda k: torch.stack(outs[k]) if outs[k] else None  # noqa: E731
-        return Batch(stack("pre"), stack("post"), stack("label"), stack("valid"),
+        label = torch.stack(outs["label"]) if outs["label"] else None  # none when the tiles have no labels
+        return Batch(torch.stack(outs["pre"]), torch.stack(outs["post"]), label, torch.stack(outs["valid"]),
                      b.index)
 
 

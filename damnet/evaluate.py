@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 
 from damnet.data import TileSet
+from damnet.device import resolve_device
 from damnet.metrics import Confusion, ScoreHistogram
 from damnet.models import ChangeNet
-from damnet.train import resolve_device
 
 
 @torch.no_grad()
-def change_probability(model: ChangeNet, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) probability of change for uint8 image batches already on the model's device."""
+def change_probability(model: torch.nn.Module, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) probability of change for uint8 image batches already on the model's device
+    (``model``: a :class:`ChangeNet` or any module giving its (B, 2, H, W) logits)."""
     return model(pre, post).float().softmax(1)[:, 1]
 
 

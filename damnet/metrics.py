@@ -13,7 +13,7 @@ How sure a set's F1 is: :func:`bootstrap_f1` resamples its tiles (a percentile i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -91,13 +91,12 @@ class ScoreHistogram:
     """Change-probability histograms of changed and unchanged pixels: PR curves in O(bins) memory."""
 
     bins: int = 200
-    pos: np.ndarray | None = None
-    neg: np.ndarray | None = None
+    pos: np.ndarray = field(init=False)
+    neg: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.pos is None:
-            self.pos = np.zeros(self.bins, dtype=np.int64)
-            self.neg = np.zeros(self.bins, dtype=np.int64)
+        self.pos = np.zeros(self.bins, dtype=np.int64)
+        self.neg = np.zeros(self.bins, dtype=np.int64)
 
     def update(self, prob, target, valid=None) -> ScoreHistogram:
         prob, target = _np(prob).astype(np.float64), _np(target).astype(bool)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import torch
+from mlflow.pyfunc import PythonModel
 
 
-class ChangeNetModel(mlflow.pyfunc.PythonModel):
+class ChangeNetModel(PythonModel):
     def load_context(self, context) -> None:
         from damnet.registry import load_model_file
 

@@ -78,6 +78,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from damnet import storage
+from damnet.device import resolve_device
 from damnet.imagery import OpenPair, check_region, opened
 from damnet.tiling import window_starts  # the tiler's rule: last window ends at the edge
 
@@ -204,7 +205,6 @@ def probability_strips(
     from tqdm.auto import tqdm
 
     from damnet.evaluate import change_probability
-    from damnet.train import resolve_device
 
     _check_settings(tile, overlap, batch_size)
     area = pair.window
@@ -295,7 +295,7 @@ def write_polygons(change_tif: Path, out_path: Path, min_area_px: int, name: str
     with src, open(out_path, "w", encoding="utf-8") as out:
         crs, t = src.crs, src.transform
         pixel_area = abs(t.a * t.e - t.b * t.d)
-        header = {"type": "FeatureCollection", "name": f"{name}_buildings"}
+        header: dict[str, object] = {"type": "FeatureCollection", "name": f"{name}_buildings"}
         member = _crs_member(crs)
         if member is not None:
             header["crs"] = member
@@ -346,7 +346,8 @@ class _BlockRows:
 
     def __init__(self, ds) -> None:
         self.ds, self.block = ds, ds.block_shapes[0][0]
-        self.row0, self.pending = 0, []
+        self.row0 = 0
+        self.pending: list[np.ndarray] = []
 
     def write(self, rows: np.ndarray, final: bool = False) -> None:
         self.pending.append(rows)

@@ -189,9 +189,9 @@ def _audit_check(candidate: dict, champion: dict | None, margin: float, ev: Evid
                        "(re-run evaluate)"), {"evidence": "not enough", "tiles": 0}
     counts = confusion_counts(tiles)
     changed = counts[:, 0] + counts[:, 2]
-    checks = {"tiles": len(counts), "change_tiles": int((changed > 0).sum()),
-              "changed_pixels": int(changed.sum()), "margin": margin, "evidence": "not enough"}
-    n, k = checks["tiles"], checks["change_tiles"]
+    n, k = len(counts), int((changed > 0).sum())
+    checks: dict[str, object] = {"tiles": n, "change_tiles": k, "changed_pixels": int(changed.sum()),
+                                 "margin": margin, "evidence": "not enough"}
     if n < ev.min_tiles:
         return False, (f"not enough audit evidence: {n} audit tile{'s' if n != 1 else ''}, the gate needs "
                        f"at least {ev.min_tiles} to decide (label more: select --audit)"), checks
@@ -208,8 +208,7 @@ def _audit_check(candidate: dict, champion: dict | None, margin: float, ev: Evid
             return False, ("the champion was not scored on the same audit tiles: the two cannot be "
                            "compared (re-run evaluate)"), checks
     checks["evidence"] = "enough"
-    opts = {"confidence": ev.confidence, "resamples": ev.resamples, "seed": ev.seed}
-    cand = bootstrap_f1(tiles, **opts)
+    cand = bootstrap_f1(tiles, confidence=ev.confidence, resamples=ev.resamples, seed=ev.seed)
     checks["candidate"] = cand.as_dict()
     pct = _pct(ev.confidence)
     head = (f"audit F1 {cand.estimate:.3f} ({pct} interval {cand.text()}, {n} tile{'s' if n != 1 else ''}, "
@@ -221,8 +220,9 @@ def _audit_check(candidate: dict, champion: dict | None, margin: float, ev: Evid
     else:
         order = list(tiles)
         champ_values = [champ_tiles[t] for t in order]
-        champ = bootstrap_f1(champ_values, **opts)
-        diff = bootstrap_f1_difference([tiles[t] for t in order], champ_values, **opts)
+        champ = bootstrap_f1(champ_values, confidence=ev.confidence, resamples=ev.resamples, seed=ev.seed)
+        diff = bootstrap_f1_difference([tiles[t] for t in order], champ_values, confidence=ev.confidence,
+                                       resamples=ev.resamples, seed=ev.seed)
         checks["champion"], checks["difference"] = champ.as_dict(), diff.as_dict()
         gain, low = diff.estimate, diff.low
         head += (f", against the champion's {champ.estimate:.3f} ({champ.text()}): gain {gain:+.3f} "

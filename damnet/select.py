@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from damnet.data import TileSet
+from damnet.device import resolve_device
 from damnet.models import ChangeNet
-from damnet.train import resolve_device
 
 SELECTORS = ("random", "entropy", "margin", "mutual_info", "kcenter", "combined")
 DEFAULT_BUDGET = 0.003
@@ -94,6 +94,8 @@ def score_region(model: ChangeNet, tiles: TileSet, batch_size: int = 8, mc_sampl
     """
     from tqdm.auto import tqdm
 
+    if len(tiles) == 0:
+        raise ValueError("there are no tiles to score")
     dev = resolve_device(device)
     model.to(dev).eval()
     if reference is not None:
@@ -124,9 +126,9 @@ def score_region(model: ChangeNet, tiles: TileSet, batch_size: int = 8, mc_sampl
             mean = samples.mean(0)
             mi = _entropy(mean) - torch.stack([_entropy(s) for s in samples]).mean(0)
             out["mi"].append(reduce_uncertainty(mi.clamp_min(0), mean[:, 1], valid, top_fraction))
-    cat = lambda k: torch.cat(out[k]).cpu().numpy() if out[k] else None  # noqa: E731
-    return TileScores(tiles.ids, cat("entropy"), cat("margin"), cat("mi"), cat("change"),
-                      cat("feat"), cat("dis"))
+    cat = lambda k: torch.cat(out[k]).cpu().numpy()  # noqa: E731
+    return TileScores(tiles.ids, cat("entropy"), cat("margin"), cat("mi") if out["mi"] else None,
+                      cat("change"), cat("feat"), cat("dis") if out["dis"] else None)
 
 
 def budget_count(budget: float | int, n_tiles: int) -> int:

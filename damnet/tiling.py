@@ -43,6 +43,7 @@ from damnet import __version__, storage
 from damnet.imagery import (
     DEFAULT_LABEL_THRESHOLD,
     Band,
+    OpenPair,
     PairFiles,
     check_label_threshold,
     check_region,
@@ -218,6 +219,63 @@ def _up_to_date(store: storage.Storage, out_uri: str, version: str) -> dict | No
     return manifest if wanted <= present else None
 
 
+def _pair_record(root: Path, files: PairFiles, pair: OpenPair) -> dict:
+    """The manifest record of one opened pair (its ``tiles`` count starts at 0)."""
+    crs = pair.crs
+    return {
+        "name": files.name,
+        "layout": files.layout,
+        "files": {"pre": _rel(root, files.pre), "post": _rel(root, files.post),
+                  "label": _rel(root, files.label)},
+        "crs": crs.to_string() if crs else None,
+        "transform": list(pair.transform)[:6],
+        "width": pair.pre.width,
+        "height": pair.pre.height,
+        "area": {"col_off": int(pair.window.col_off), "row_off": int(pair.window.row_off),
+                 "width": int(pair.window.width), "height": int(pair.window.height)},
+        "dtype": {"pre": pair.pre.dtypes[0], "post": pair.post.dtypes[0]},
+        "stretch": {"pre": asdict(pair.stretch_pre), "post": asdict(pair.stretch_post)},
+        "notes": pair.notes,
+        "tiles": 0,
+    }
+
+
+def _write_window(out_uri: str, tile_dir: str, pair: OpenPair, record: dict, win: Window,
+                  size: int) -> dict | None:
+    """Write the tiles of window ``win`` of ``pair`` (``record``: its manifest record) and
+    return their manifest entry; None when the window holds no valid pixel."""
+    pre, post, valid, label = pair.read(win)
+    if not valid.any():
+        return None
+    row, col = int(win.row_off), int(win.col_off)
+    tile_id = f"{record['name']}_r{row:05d}_c{col:05d}"
+    transform = pair.transform @ Affine.translation(col, row)
+    crs = pair.crs
+    nodata, padding = nodata_and_padding(valid, *inside_area(win, pair.window))
+    pre_file, post_file = f"{tile_dir}/A/{tile_id}.tif", f"{tile_dir}/B/{tile_id}.tif"
+    out_files: dict[str, str | None] = {"pre": pre_file, "post": post_file, "label": None}
+    _write_tile(storage.join(out_uri, pre_file), pre, transform, crs, valid)
+    _write_tile(storage.join(out_uri, post_file), post, transform, crs, valid)
+    if label is not None:
+        label_file = f"{tile_dir}/label/{tile_id}.tif"
+        out_files["label"] = label_file
+        _write_tile(storage.join(out_uri, label_file), label[None], transform, crs, None)
+    return {
+        "tile_id": tile_id,
+        "pair": record["name"],
+        "sources": record["files"],
+        "window": {"col_off": col, "row_off": row, "width": size, "height": size},
+        "bounds": [round(v, 6) for v in window_bounds(win, pair.transform)],
+        "crs": record["crs"],
+        "transform": list(transform)[:6],
+        "nodata_fraction": round(nodata, 6),
+        "padding_fraction": round(padding, 6),
+        "change_fraction": None if label is None else round(float(label[valid].mean()), 6),
+        "stats": {"pre": _band_stats(pre, valid), "post": _band_stats(post, valid)},
+        "files": out_files,
+    }
+
+
 def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
            progress: bool | None = None) -> dict:
     """Check, co-register and tile a region; return (and write) its manifest.
@@ -245,59 +303,14 @@ def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
         for files in pairs:
             with opened(files, bands=config.bands, require_labels=config.require_labels,
                         label_threshold=config.label_threshold) as pair:
-                windows = tile_windows(pair.window, config.size, config.overlap)
-                crs = pair.crs
-                record = {
-                    "name": files.name,
-                    "layout": files.layout,
-                    "files": {"pre": _rel(root, files.pre), "post": _rel(root, files.post),
-                              "label": _rel(root, files.label)},
-                    "crs": crs.to_string() if crs else None,
-                    "transform": list(pair.transform)[:6],
-                    "width": pair.pre.width,
-                    "height": pair.pre.height,
-                    "area": {"col_off": int(pair.window.col_off), "row_off": int(pair.window.row_off),
-                             "width": int(pair.window.width), "height": int(pair.window.height)},
-                    "dtype": {"pre": pair.pre.dtypes[0], "post": pair.post.dtypes[0]},
-                    "stretch": {"pre": asdict(pair.stretch_pre), "post": asdict(pair.stretch_post)},
-                    "notes": pair.notes,
-                    "tiles": 0,
-                }
-                bar = tqdm(windows, desc=f"tile {files.name}", unit="tile", leave=False,
-                           disable=None if progress is None else not progress)
+                record = _pair_record(root, files, pair)
+                bar = tqdm(tile_windows(pair.window, config.size, config.overlap), desc=f"tile {files.name}",
+                           unit="tile", leave=False, disable=None if progress is None else not progress)
                 for win in bar:
-                    pre, post, valid, label = pair.read(win)
-                    if not valid.any():
-                        continue
-                    row, col = int(win.row_off), int(win.col_off)
-                    tile_id = f"{files.name}_r{row:05d}_c{col:05d}"
-                    transform = pair.transform @ Affine.translation(col, row)
-                    nodata, padding = nodata_and_padding(valid, *inside_area(win, pair.window))
-                    out_files = {"pre": f"{tile_dir}/A/{tile_id}.tif",
-                                 "post": f"{tile_dir}/B/{tile_id}.tif", "label": None}
-                    _write_tile(storage.join(out_uri, out_files["pre"]), pre, transform, crs, valid)
-                    _write_tile(storage.join(out_uri, out_files["post"]), post, transform, crs, valid)
-                    if label is not None:
-                        out_files["label"] = f"{tile_dir}/label/{tile_id}.tif"
-                        _write_tile(storage.join(out_uri, out_files["label"]), label[None],
-                                    transform, crs, None)
-                    tiles.append({
-                        "tile_id": tile_id,
-                        "pair": files.name,
-                        "sources": record["files"],
-                        "window": {"col_off": col, "row_off": row,
-                                   "width": config.size, "height": config.size},
-                        "bounds": [round(v, 6) for v in window_bounds(win, pair.transform)],
-                        "crs": record["crs"],
-                        "transform": list(transform)[:6],
-                        "nodata_fraction": round(nodata, 6),
-                        "padding_fraction": round(padding, 6),
-                        "change_fraction": None if label is None
-                        else round(float(label[valid].mean()), 6),
-                        "stats": {"pre": _band_stats(pre, valid), "post": _band_stats(post, valid)},
-                        "files": out_files,
-                    })
-                    record["tiles"] += 1
+                    tile = _write_window(out_uri, tile_dir, pair, record, win, config.size)
+                    if tile is not None:
+                        tiles.append(tile)
+                        record["tiles"] += 1
                 pair_records.append(record)
     manifest = {
         "format": MANIFEST_FORMAT,

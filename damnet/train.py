@@ -12,37 +12,42 @@ Every kind of training is this loop with other weights on its terms:
   (the adversarial term may stay on);
 * MAE pretraining: ``mae_weight`` > 0 and an ``unlabelled`` stream of images of both domains.
 
-Checkpoints (model, discriminator, optimisers, scheduler, RNG state, step) are written
-atomically every ``checkpoint_every`` steps and loaded with ``weights_only=True``; a killed
-run resumes to the same result because batches are a pure function of the step. A loss
-that is not finite stops the run with :class:`TrainingDiverged` and keeps the last good
-checkpoint. Runs on CPU or CUDA (bf16 autocast on CUDA), and under ``torchrun`` (DDP).
+:func:`fit` loops over a :class:`TrainState` (what a checkpoint holds: model, discriminator,
+optimisers, scheduler, EMA teacher, anchor, RNG state, step, history), written atomically every
+``checkpoint_every`` steps and loaded with ``weights_only=True``; a killed run resumes to the same
+result because batches are a pure function of the step. A loss that is not finite stops the run
+with :class:`TrainingDiverged` and keeps the last good checkpoint. Runs on CPU or CUDA (bf16
+autocast on CUDA), and under ``torchrun`` (DDP).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 
 from damnet import storage
+from damnet.checkpoint import CHECKPOINT, load_checkpoint, save_state
 from damnet.data import Batch, Stream, gsd_ratio
+from damnet.device import autocast, rank_world, resolve_device
 from damnet.errors import DamnetError
+from damnet.losses import adversarial_loss, anchor_loss, change_prior, pseudo_loss, segmentation_loss
 from damnet.models import DISC_INPUTS, MAE, ChangeNet, SegDiscriminator, discriminator_input
 from damnet.models.changenet import to_unit
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+OnLog = Callable[[int, dict[str, float]], None]  #: ``on_log(step, metrics)``
+Tensors = dict[str, torch.Tensor]  #: a step's change logits (N, 2, H, W) or loss terms, by name
 
 
 class TrainingDiverged(DamnetError):
@@ -110,33 +115,24 @@ class TrainConfig:
             return self.lambda_adv
         return self.lambda_adv * min(1.0, (step - self.adv_start + 1) / self.adv_ramp)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-#: Named starting points; override any field with ``dataclasses.replace``.
-MODES = {
+#: Named starting points; override any field with ``dataclasses.replace``. Why these and not the
+#: benchmark's best rows: docs/benchmarks.md#why-the-training-defaults-are-what-they-are
+MODES: dict[str, TrainConfig] = {
     "supervised": TrainConfig(),
-    # photometric=0.5, prior_weight=1 end the collapse of the adversarial term under a sensor
-    # shift (target_sensor F1 4.8 -> 38.7) but cost resolution, one-tile selection on season
-    # and, in the main job, the promotion (audit F1 0.647 -> 0.300): options, not defaults
-    # (docs/benchmarks.md).
-    # The benchmark's best adaptation (restyle=0.5, match_gsd=True, lambda_adv=1e-2: the
-    # adaptation row closes 41 / 86 / 55 % of the gap on season / sensor / resolution, against
-    # 12 / 27 / -7 % with these defaults) lost the main job's promotion (audit F1 0.647 -> 0.522,
-    # source holdout -0.062): an option per region, not the default (docs/benchmarks.md, third run).
+    # alignment options (restyle, match_gsd, photometric, prior) won benchmark rows, lost the main job's promotion
     "adapt": TrainConfig(lambda_adv=1e-3, adv_start=0, adv_ramp=50, lr=5e-4),
-    # lr 1e-4, not 3e-4: with a handful of micro tiles, 3e-4 over-fits them; when they hold no
-    # change at all the model collapsed to "no change" on the region (docs/benchmarks.md).
-    # anchor_weight 1: on real targets one micro tile without change still collapsed it (SZTAKI
-    # AirChange recall 22.6 -> 0); the anchor keeps it (docs/benchmarks.md, "Real imagery").
+    # lr 3e-4 over-fitted micro tiles without change and, without the anchor, collapsed to "no change"
     "finetune": TrainConfig(micro_weight=1.0, source_weight=0.5, lambda_adv=1e-3, lr=1e-4,
                             anchor_weight=1.0),
     "pretrain": TrainConfig(source_weight=0.0, mae_weight=1.0, lr=1.5e-3),
 }
 
 
-def mode_config(mode: str, **overrides) -> TrainConfig:
+def mode_config(mode: str, **overrides: Any) -> TrainConfig:
     try:
         return replace(MODES[mode], **overrides)
     except KeyError:
@@ -147,52 +143,12 @@ def mode_config(mode: str, **overrides) -> TrainConfig:
 class FitResult:
     steps: int
     seconds: float
-    history: list[dict] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
     discriminator: SegDiscriminator | None = None  #: trained D (adaptation), to carry on with
 
 
-def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, valid: torch.Tensor,
-                      change_weight: float = 3.0, dice_weight: float = 1.0) -> torch.Tensor:
-    """Weighted cross-entropy + soft Dice of the change class, over valid pixels only."""
-    logits = logits.float()
-    weight = torch.tensor([1.0, change_weight], device=logits.device)
-    ce = F.cross_entropy(logits, label, weight=weight, reduction="none")
-    v = valid.float()
-    ce = (ce * v).sum() / (weight[label] * v).sum().clamp_min(1.0)
-    if dice_weight <= 0:
-        return ce
-    t = label.float() * v
-    if t.sum() == 0:
-        # No change pixel in the batch (common for micro-label batches): Dice would only push
-        # every prediction to 0 - the collapse to "no change" - so the weighted CE alone teaches
-        # what is *not* change here.
-        return ce
-    p = logits.softmax(1)[:, 1] * v
-    dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
-    return ce + dice_weight * dice
-
-
-def adversarial_loss(logits: torch.Tensor, target: float, kind: str) -> torch.Tensor:
-    logits = logits.float()
-    if kind == "lsgan":
-        return ((torch.sigmoid(logits) - target) ** 2).mean()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _schedule(cfg: TrainConfig):
+def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
     warm = max(1, int(cfg.warmup * cfg.steps))
 
     def factor(step: int) -> float:
@@ -204,22 +160,113 @@ def _schedule(cfg: TrainConfig):
     return factor
 
 
-def load_checkpoint(uri: str) -> dict:
-    """A checkpoint written by :func:`fit` (tensors and plain data only; no pickled code)."""
-    with storage.local_copy(uri) as path:
-        return torch.load(path, map_location="cpu", weights_only=True)
+@dataclass(frozen=True)
+class TrainContext:
+    """What every step of one run reads and none changes: the config, where this process runs
+    (device, DDP rank and world size), the batch streams, and the checkpoint's URI (None: none)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    source: Stream | None = None
+    target: Stream | None = None
+    micro: Stream | None = None
+    unlabelled: Stream | None = None
+    checkpoint_uri: str | None = None
+
+    def batch(self, name: str, step: int) -> Batch:
+        """This rank's share of stream ``name``'s batch of ``step``, on the device."""
+        stream = {"source": self.source, "target": self.target, "micro": self.micro,
+                  "unlabelled": self.unlabelled}[name]
+        assert stream is not None, f"no {name} stream (_check_streams lets no run start without it)"
+        return stream.batch(step, self.rank, self.world).to(self.device)
 
 
-def save_state(uri: str, state: dict) -> None:
-    with storage.storage_for(uri).writing(uri, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+@dataclass
+class TrainState:
+    """What training changes and a checkpoint holds: the model and what is trained beside it (MAE
+    decoder, discriminator), the optimisers and LR schedule, the EMA teacher, the frozen anchor,
+    the step and the logged history; :meth:`save` adds the RNG state, :meth:`resume` restores it."""
+
+    cfg: TrainConfig
+    device: torch.device
+    model: ChangeNet
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    mae: MAE | None = None
+    disc: SegDiscriminator | None = None
+    opt_d: torch.optim.Optimizer | None = None
+    teacher: ChangeNet | None = None
+    anchor: ChangeNet | None = None
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, model: ChangeNet, cfg: TrainConfig, device: torch.device,
+               discriminator: SegDiscriminator | None = None) -> TrainState:
+        """Fresh parts around ``model`` (on ``device`` already); ``discriminator``: D to carry on with."""
+        # New parts (MAE decoder, discriminator) start from the run's seed, not from whatever
+        # the caller's RNG happened to be: same seed, same run; identical on every DDP rank.
+        torch.manual_seed(cfg.seed)
+        mae = MAE(model.encoder).to(device) if cfg.mae_weight > 0 else None
+        disc: SegDiscriminator | None = None
+        if cfg.lambda_adv > 0:
+            channels = DISC_INPUTS[cfg.disc_input]
+            disc = (discriminator or SegDiscriminator(channels, model.config.disc_channels)).to(device)
+        teacher = _teacher(model) if cfg.pseudo_weight > 0 else None
+        anchor = _teacher(model) if cfg.anchor_weight > 0 else None
+        trainable: nn.Module = mae if mae is not None else model
+        opt = torch.optim.AdamW(list(trainable.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if disc else None
+        return cls(cfg, device, model, opt, sched, mae, disc, opt_d, teacher, anchor)
+
+    @property
+    def trainable(self) -> nn.Module:
+        """What the generator optimiser trains: the MAE (encoder + decoder) or the model."""
+        return self.mae if self.mae is not None else self.model
+
+    def _optional_parts(self) -> list[tuple[str, nn.Module | torch.optim.Optimizer]]:
+        """The parts this run has beside model, optimiser and schedule, by checkpoint key."""
+        parts = (("mae", self.mae), ("disc", self.disc), ("opt_d", self.opt_d), ("teacher", self.teacher),
+                 ("anchor", self.anchor))
+        return [(name, part) for name, part in parts if part is not None]
+
+    def save(self, uri: str) -> None:
+        state: dict[str, Any] = {
+            "step": self.step, "config": self.cfg.to_dict(), "model_config": self.model.config.to_dict(),
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+            "rng_cpu": torch.get_rng_state(), "history": self.history,
+        }
+        for name, part in self._optional_parts():
+            state[name] = part.state_dict()
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        save_state(uri, state)
+
+    def resume(self, uri: str) -> None:
+        """Everything back as :meth:`save` left it at ``uri`` (refused if made with another config)."""
+        state = load_checkpoint(uri)
+        _check_compatible(state, self.cfg, uri)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        for name, part in self._optional_parts():
+            if name != "mae" or name in state:  # (a checkpoint may lack the MAE decoder)
+                part.load_state_dict(state[name])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        self.step, self.history = int(state["step"]), list(state["history"])
+        log.info("resumed from %s at step %d", uri, self.step)
 
 
 def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
         target: Stream | None = None, micro: Stream | None = None,
         unlabelled: Stream | None = None, out_dir: str | Path | None = None,
         discriminator: SegDiscriminator | None = None, progress: bool | None = None,
-        on_log=None) -> FitResult:
+        on_log: OnLog | None = None) -> FitResult:
     """Train ``model`` in place for ``cfg.steps`` steps (resuming from ``out_dir`` if it holds one).
 
     ``on_log(step, metrics)`` is called every ``log_every`` steps on rank 0.
@@ -227,160 +274,132 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
     from tqdm.auto import tqdm
 
     _check_streams(cfg, source, target, micro, unlabelled)
-    reference = target if target is not None else micro
-    if cfg.match_gsd and source is not None and reference is not None:
-        ratio = gsd_ratio(source.tiles, reference.tiles)
-        if ratio != 1:
-            source = source.rescaled(ratio)
-            zoom = source.effective_scale()
-            log.info("source batches resampled to the target ground sample distance (x%.2f)%s", ratio,
-                     f"; x{zoom:.2f} where the tile size caps the window" if abs(zoom - ratio) > 1e-3 else "")
-    device = resolve_device(cfg.device)
-    rank, world = _rank_world()
-    amp = cfg.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-
-    model.to(device)
-    # New parts (MAE decoder, discriminator) start from the run's seed, not from whatever
-    # the caller's RNG happened to be: same seed, same run; identical on every DDP rank.
-    torch.manual_seed(cfg.seed)
-    mae = MAE(model.encoder).to(device) if cfg.mae_weight > 0 else None
-    adversarial = cfg.lambda_adv > 0
-    disc = None
-    if adversarial:
-        channels = DISC_INPUTS[cfg.disc_input]
-        disc = (discriminator or SegDiscriminator(channels, model.config.disc_channels)).to(device)
-    trainable: nn.Module = mae if mae is not None else model
-    teacher = _teacher(model) if cfg.pseudo_weight > 0 else None
-    anchor = _teacher(model) if cfg.anchor_weight > 0 else None
-    params = list(trainable.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if disc else None
-
+    source = _match_gsd(cfg, source, target if target is not None else micro)
+    rank, world = rank_world()
     ckpt_uri = storage.join(str(out_dir), CHECKPOINT) if out_dir is not None else None
-    start, history = 0, []
+    ctx = TrainContext(cfg, resolve_device(cfg.device), rank, world, source, target, micro, unlabelled, ckpt_uri)
+    model.to(ctx.device)
+    state = TrainState.create(model, cfg, ctx.device, discriminator)
     if ckpt_uri and storage.storage_for(ckpt_uri).exists(ckpt_uri):
-        state = load_checkpoint(ckpt_uri)
-        _check_compatible(state, cfg, ckpt_uri)
-        model.load_state_dict(state["model"])
-        if mae is not None and "mae" in state:
-            mae.load_state_dict(state["mae"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        if disc is not None:
-            disc.load_state_dict(state["disc"])
-            opt_d.load_state_dict(state["opt_d"])
-        if teacher is not None:
-            teacher.load_state_dict(state["teacher"])
-        if anchor is not None:
-            anchor.load_state_dict(state["anchor"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        start, history = int(state["step"]), list(state["history"])
-        log.info("resumed from %s at step %d", ckpt_uri, start)
+        state.resume(ckpt_uri)
     else:
         torch.manual_seed(cfg.seed * 1000 + rank)
+    g = _generator_module(ctx, state)
 
-    g_module: nn.Module = trainable
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        g_module = DDP(trainable, device_ids=[device.index] if device.type == "cuda" else None)
-        if disc is not None:  # D is averaged by hand: it also runs frozen inside the G step
-            for p in disc.parameters():
-                dist.broadcast(p.data, src=0)
-    trainable.train()
-    if disc is not None:
-        disc.train()
-
-    def save(step: int) -> None:
-        if ckpt_uri is None or rank != 0:
-            return
-        state = {
-            "step": step, "config": cfg.to_dict(), "model_config": model.config.to_dict(),
-            "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-            "rng_cpu": torch.get_rng_state(), "history": history,
-        }
-        if mae is not None:
-            state["mae"] = mae.state_dict()
-        if disc is not None:
-            state["disc"] = disc.state_dict()
-            state["opt_d"] = opt_d.state_dict()
-        if teacher is not None:
-            state["teacher"] = teacher.state_dict()
-        if anchor is not None:
-            state["anchor"] = anchor.state_dict()
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state()
-        save_state(ckpt_uri, state)
-
-    started = time.time()
+    start, started = state.step, time.time()
     bar = tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps,
                disable=(None if progress is None else not progress) if rank == 0 else True)
-    running: dict[str, float] = {}
+    running: dict[str, float] = {}  # sums of the loss terms since the last log line
     for step in bar:
-        lam = cfg.lambda_at(step)
-        terms: dict[str, torch.Tensor] = {}
-        with autocast():
-            if mae is not None:
-                b = unlabelled.batch(step, rank, world).to(device)
-                terms["mae"] = cfg.mae_weight * g_module(torch.cat([b.pre, b.post]))
-                maps = {}
-            else:
-                terms, maps = _generator_terms(g_module, cfg, step, rank, world, device, lam,
-                                               source, target, micro, disc, teacher, anchor)
-        loss = sum(terms.values())
-        if not torch.isfinite(loss.detach()):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at step {step} ({', '.join(terms)}); stopped. "
-                + (f"The last good checkpoint is kept at {ckpt_uri}." if ckpt_uri else "")
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if teacher is not None:
-            _ema_update(teacher, model, cfg.ema_decay)
-
-        if disc is not None and step >= cfg.adv_start and (step + 1) % cfg.d_every == 0:
-            disc.requires_grad_(True)
-            for _ in range(cfg.d_steps):
-                with autocast():
-                    d_s = disc(discriminator_input(maps["source"].detach(), cfg.disc_input))
-                    d_t = disc(discriminator_input(maps["target"].detach(), cfg.disc_input))
-                    d_loss = 0.5 * (adversarial_loss(d_s, 0.0, cfg.adv_loss)
-                                    + adversarial_loss(d_t, 1.0, cfg.adv_loss))
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                if world > 1:
-                    for p in disc.parameters():
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad)
-                            p.grad /= world
-                opt_d.step()
-            terms["disc"] = d_loss.detach()
-
+        terms, maps = _generator_step(g, ctx, state, step)
+        if state.disc is not None and step >= cfg.adv_start and (step + 1) % cfg.d_every == 0:
+            terms["disc"] = _discriminator_step(ctx, state, maps)
         for k, v in terms.items():
             running[k] = running.get(k, 0.0) + float(v.detach())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
-            entry = {"step": step + 1, "lr": sched.get_last_lr()[0], "lambda_adv": lam,
-                     **{k: v / n for k, v in running.items()}}
-            history.append(entry)
-            running = {}
+        entry = _log_entry(cfg, step, running, float(state.sched.get_last_lr()[0]))
+        if entry is not None:
+            state.history.append(entry)
             bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k not in ("step", "lr")})
             if on_log is not None and rank == 0:
                 on_log(step + 1, entry)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save(step + 1)
+        state.step = step + 1
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+            if ckpt_uri is not None and rank == 0:
+                state.save(ckpt_uri)
             if world > 1:
                 dist.barrier()
     model.eval()
-    return FitResult(cfg.steps, time.time() - started, history, start, disc)
+    return FitResult(cfg.steps, time.time() - started, state.history, start, state.disc)
+
+
+def _match_gsd(cfg: TrainConfig, source: Stream | None, reference: Stream | None) -> Stream | None:
+    """``source`` resampled to the ground sample distance of ``reference`` if ``cfg.match_gsd``."""
+    if not (cfg.match_gsd and source is not None and reference is not None):
+        return source
+    ratio = gsd_ratio(source.tiles, reference.tiles)
+    if ratio != 1:
+        source = source.rescaled(ratio)
+        zoom = source.effective_scale()
+        log.info("source batches resampled to the target ground sample distance (x%.2f)%s", ratio,
+                 f"; x{zoom:.2f} where the tile size caps the window" if abs(zoom - ratio) > 1e-3 else "")
+    return source
+
+
+def _generator_module(ctx: TrainContext, state: TrainState) -> nn.Module:
+    """What the generator step calls: the trainable module, in DDP under ``torchrun``."""
+    g: nn.Module = state.trainable
+    if ctx.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        g = DDP(state.trainable, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        if state.disc is not None:  # D is averaged by hand: it also runs frozen inside the G step
+            for p in state.disc.parameters():
+                dist.broadcast(p.data, src=0)
+    state.trainable.train()
+    if state.disc is not None:
+        state.disc.train()
+    return g
+
+
+def _generator_step(g: nn.Module, ctx: TrainContext, state: TrainState, step: int) -> tuple[Tensors, Tensors]:
+    """Forward, loss and update of the generator (or the MAE) at ``step``; the EMA teacher
+    follows. Returns the loss terms and the change maps by stream name (none for the MAE)."""
+    cfg = ctx.cfg
+    maps: Tensors = {}
+    with autocast(ctx.device, cfg.amp):
+        if state.mae is not None:
+            b = ctx.batch("unlabelled", step)
+            terms: Tensors = {"mae": cfg.mae_weight * g(torch.cat([b.pre, b.post]))}
+        else:
+            terms, maps = _generator_terms(g, ctx, state, step)
+    loss = cast(torch.Tensor, sum(terms.values()))
+    if not torch.isfinite(loss.detach()):
+        raise TrainingDiverged(
+            f"loss is {loss.item()} at step {step} ({', '.join(terms)}); stopped. "
+            + (f"The last good checkpoint is kept at {ctx.checkpoint_uri}." if ctx.checkpoint_uri else "")
+        )
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(list(state.trainable.parameters()), cfg.grad_clip)
+    state.opt.step()
+    state.sched.step()
+    if state.teacher is not None:
+        _ema_update(state.teacher, state.model, cfg.ema_decay)
+    return terms, maps
+
+
+def _discriminator_step(ctx: TrainContext, state: TrainState, maps: Tensors) -> torch.Tensor:
+    """``d_steps`` updates of D on the detached source (0) and target (1) maps; under DDP its
+    gradients are averaged by hand. Returns the last D loss, detached."""
+    cfg, disc, opt_d = ctx.cfg, state.disc, state.opt_d
+    assert disc is not None and opt_d is not None
+    disc.requires_grad_(True)
+    for _ in range(cfg.d_steps):
+        with autocast(ctx.device, cfg.amp):
+            d_s = disc(discriminator_input(maps["source"].detach(), cfg.disc_input))
+            d_t = disc(discriminator_input(maps["target"].detach(), cfg.disc_input))
+            d_loss = 0.5 * (adversarial_loss(d_s, 0.0, cfg.adv_loss)
+                            + adversarial_loss(d_t, 1.0, cfg.adv_loss))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if ctx.world > 1:
+            for p in disc.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= ctx.world
+        opt_d.step()
+    return d_loss.detach()
+
+
+def _log_entry(cfg: TrainConfig, step: int, running: dict[str, float], lr: float) -> dict[str, float] | None:
+    """On a log step, the history entry: the means of the ``running`` sums, which start again."""
+    if (step + 1) % cfg.log_every != 0 and step + 1 != cfg.steps:
+        return None
+    n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
+    entry = {"step": step + 1, "lr": lr, "lambda_adv": cfg.lambda_at(step), **{k: v / n for k, v in running.items()}}
+    running.clear()
+    return entry
 
 
 def _teacher(model: ChangeNet) -> ChangeNet:
@@ -393,8 +412,8 @@ def _teacher(model: ChangeNet) -> ChangeNet:
 def _ema_update(teacher: nn.Module, model: nn.Module, decay: float) -> None:
     for t, m in zip(teacher.parameters(), model.parameters(), strict=True):
         t.lerp_(m.detach(), 1 - decay)
-    for t, m in zip(teacher.buffers(), model.buffers(), strict=True):
-        t.copy_(m)
+    for t_buf, m_buf in zip(teacher.buffers(), model.buffers(), strict=True):
+        t_buf.copy_(m_buf)
 
 
 def photometric_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
@@ -449,108 +468,77 @@ def restyle_pairs(pre: torch.Tensor, post: torch.Tensor, ref_pre: torch.Tensor,
     return out[0], out[1]
 
 
-def _pseudo_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor,
-                 threshold: float) -> torch.Tensor:
-    """Cross-entropy to the teacher's confident pixels, averaged per class (so the many
-    confident background pixels cannot outvote the few confident change pixels)."""
-    p = teacher.float().softmax(1)[:, 1]
-    losses = []
-    for cls, mask in ((1, p >= threshold), (0, p <= 1 - threshold)):
-        mask = mask & valid
-        if mask.any():
-            ce = F.cross_entropy(student.float(), torch.full_like(valid, cls, dtype=torch.long),
-                                 reduction="none")
-            losses.append(ce[mask].mean())
-    return sum(losses) / len(losses) if losses else student.sum() * 0.0
-
-
-def _change_prior(target_logits: torch.Tensor, valid: torch.Tensor, source: Batch | None) -> torch.Tensor:
-    """Binary KL(source label change share || target predicted change share) over the batch."""
-    v = valid.float()
-    q = ((target_logits.float().softmax(1)[:, 1] * v).sum() / v.sum().clamp_min(1)).clamp(1e-4, 1 - 1e-4)
-    if source is None or source.label is None:
-        return q * 0.0
-    sv = source.valid.float()
-    r = ((source.label.float() * sv).sum() / sv.sum().clamp_min(1)).clamp(1e-3, 1 - 1e-3)
-    return r * torch.log(r / q) + (1 - r) * torch.log((1 - r) / (1 - q))
-
-
-def _anchor_loss(student: torch.Tensor, anchor: torch.Tensor, valid: torch.Tensor,
-                 on: str = "all") -> torch.Tensor:
-    """KL(anchor || student) of the per-pixel class distributions, averaged over valid pixels
-    (``on="change"``: over the valid pixels the anchor predicts as change, so it keeps what the
-    starting model finds without holding the model to its misses)."""
-    log_s = student.float().log_softmax(1)
-    log_a = anchor.float().log_softmax(1)
-    kl = (log_a.exp() * (log_a - log_s)).sum(1)
-    if on == "change":
-        valid = valid & (log_a[:, 1] > log_a[:, 0])
-    v = valid.float()
-    return (kl * v).sum() / v.sum().clamp_min(1)
-
-
-def _generator_terms(g, cfg, step, rank, world, device, lam, source, target, micro, disc, teacher=None,
-                     anchor=None):
-    """One forward pass over all streams of this step; the weighted loss terms and the maps."""
-    parts = []
-    if cfg.source_weight > 0:
-        parts.append(("source", source.batch(step, rank, world)))
-    if cfg.micro_weight > 0:
-        parts.append(("micro", micro.batch(step, rank, world)))
-    if _needs_target(cfg, step):
-        parts.append(("target", target.batch(step, rank, world)))
-    names = [name for name, _ in parts]
-    batches = [b.to(device) for _, b in parts]
-    by_name = dict(zip(names, batches, strict=True))
+def _model_inputs(cfg: TrainConfig, batches: dict[str, Batch],
+                  self_training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre and post images of all ``batches``, concatenated in order (B, 3, H, W): uint8 as
+    they are, or floats 0..1 where source pairs are restyled or a batch is jittered."""
     # Jitter strength per part: labelled batches get cfg.photometric; the self-training student
     # sees at least strength 1 on target (its teacher sees the clean images).
-    strengths = [max(1.0, cfg.photometric) if n == "target" and teacher is not None
-                 else cfg.photometric if n in ("source", "micro") else 0.0 for n in names]
-    restyle = cfg.restyle > 0 and "source" in by_name and "target" in by_name
-    if restyle or any(s > 0 for s in strengths):  # strength 0 is the plain uint8 -> 0..1 conversion
-        pres, posts = [], []
-        for name, b, s in zip(names, batches, strengths, strict=True):
-            pre, post = b.pre, b.post
-            if restyle and name == "source":
-                ref = by_name["target"]
-                pre, post = restyle_pairs(to_unit(pre), to_unit(post), to_unit(ref.pre), to_unit(ref.post),
-                                          cfg.restyle)
-            pres.append(photometric_jitter(pre, s))
-            posts.append(photometric_jitter(post, s))
-        pre, post = torch.cat(pres), torch.cat(posts)
-    else:
-        pre, post = torch.cat([b.pre for b in batches]), torch.cat([b.post for b in batches])
-    logits = g(pre, post)
-    maps = dict(zip(names, logits.split([b.pre.shape[0] for b in batches]), strict=True))
-    terms = {}
-    for (name, _), b in zip(parts, batches, strict=True):
-        if name in ("source", "micro"):
-            w = cfg.source_weight if name == "source" else cfg.micro_weight
-            terms[f"seg_{name}"] = w * segmentation_loss(maps[name], b.label, b.valid,
-                                                         cfg.change_weight, cfg.dice_weight)
+    strengths = {name: max(1.0, cfg.photometric) if name == "target" and self_training
+                 else cfg.photometric if name in ("source", "micro") else 0.0 for name in batches}
+    restyle = cfg.restyle > 0 and "source" in batches and "target" in batches
+    if not restyle and not any(s > 0 for s in strengths.values()):
+        return torch.cat([b.pre for b in batches.values()]), torch.cat([b.post for b in batches.values()])
+    pres, posts = [], []  # strength 0 below is the plain uint8 -> 0..1 conversion
+    for name, b in batches.items():
+        pre, post = b.pre, b.post
+        if restyle and name == "source":
+            ref = batches["target"]
+            pre, post = restyle_pairs(to_unit(pre), to_unit(post), to_unit(ref.pre), to_unit(ref.post),
+                                      cfg.restyle)
+        pres.append(photometric_jitter(pre, strengths[name]))
+        posts.append(photometric_jitter(post, strengths[name]))
+    return torch.cat(pres), torch.cat(posts)
+
+
+def _generator_terms(g: nn.Module, ctx: TrainContext, state: TrainState, step: int) -> tuple[Tensors, Tensors]:
+    """One forward pass over all streams of ``step``: the weighted loss terms and the maps."""
+    cfg = ctx.cfg
+    wanted = (("source", cfg.source_weight > 0), ("micro", cfg.micro_weight > 0),
+              ("target", _needs_target(cfg, step)))
+    batches = {name: ctx.batch(name, step) for name, on in wanted if on}
+    logits = g(*_model_inputs(cfg, batches, self_training=state.teacher is not None))
+    maps = dict(zip(batches, logits.split([b.pre.shape[0] for b in batches.values()]), strict=True))
+    terms: Tensors = {}
+    for name, weight in (("source", cfg.source_weight), ("micro", cfg.micro_weight)):
+        b = batches.get(name)
+        if b is not None:
+            assert b.label is not None  # _check_streams refused unlabelled tiles
+            terms[f"seg_{name}"] = weight * segmentation_loss(maps[name], b.label, b.valid,
+                                                              cfg.change_weight, cfg.dice_weight)
+    terms.update(_target_terms(cfg, state, batches, maps, cfg.lambda_at(step)))
+    return terms, maps
+
+
+def _target_terms(cfg: TrainConfig, state: TrainState, batches: dict[str, Batch], maps: Tensors,
+                  lam: float) -> Tensors:
+    """The terms on the unlabelled target batch: entropy, change-share prior, the EMA teacher's
+    pseudo-labels, the anchor to the starting model, and the adversarial term (D frozen)."""
+    terms: Tensors = {}
     if cfg.entropy_weight > 0:
         info = discriminator_input(maps["target"], "self_info").sum(1)
-        terms["entropy"] = cfg.entropy_weight * (info * batches[-1].valid).sum() / \
-            batches[-1].valid.sum().clamp_min(1)
+        valid = batches["target"].valid
+        terms["entropy"] = cfg.entropy_weight * (info * valid).sum() / valid.sum().clamp_min(1)
     if cfg.prior_weight > 0:
-        terms["prior"] = cfg.prior_weight * _change_prior(maps["target"], by_name["target"].valid,
-                                                          by_name.get("source") or by_name.get("micro"))
-    if teacher is not None:
-        tb = by_name["target"]
+        terms["prior"] = cfg.prior_weight * change_prior(maps["target"], batches["target"].valid,
+                                                         batches.get("source") or batches.get("micro"))
+    if state.teacher is not None:
+        tb = batches["target"]
         with torch.no_grad():
-            t_logits = teacher(tb.pre, tb.post)
-        terms["pseudo"] = cfg.pseudo_weight * _pseudo_loss(maps["target"], t_logits, tb.valid,
-                                                           cfg.pseudo_threshold)
-    if anchor is not None:
-        tb = by_name["target"]
+            t_logits = state.teacher(tb.pre, tb.post)
+        terms["pseudo"] = cfg.pseudo_weight * pseudo_loss(maps["target"], t_logits, tb.valid,
+                                                          cfg.pseudo_threshold)
+    if state.anchor is not None:
+        tb = batches["target"]
         with torch.no_grad():
-            a_logits = anchor(tb.pre, tb.post)
-        terms["anchor"] = cfg.anchor_weight * _anchor_loss(maps["target"], a_logits, tb.valid, cfg.anchor_on)
+            a_logits = state.anchor(tb.pre, tb.post)
+        terms["anchor"] = cfg.anchor_weight * anchor_loss(maps["target"], a_logits, tb.valid, cfg.anchor_on)
     if lam > 0:
-        disc.requires_grad_(False)
-        d_out = disc(discriminator_input(maps["target"], cfg.disc_input))
+        assert state.disc is not None
+        state.disc.requires_grad_(False)
+        d_out = state.disc(discriminator_input(maps["target"], cfg.disc_input))
         terms["adv"] = lam * adversarial_loss(d_out, 0.0, cfg.adv_loss)  # fool D: target looks like source
-    return terms, maps
+    return terms
 
 
 def _needs_target(cfg: TrainConfig, step: int | None = None) -> bool:
@@ -561,7 +549,8 @@ def _needs_target(cfg: TrainConfig, step: int | None = None) -> bool:
             or cfg.pseudo_weight > 0 or cfg.anchor_weight > 0 or cfg.restyle > 0)
 
 
-def _check_streams(cfg, source, target, micro, unlabelled) -> None:
+def _check_streams(cfg: TrainConfig, source: Stream | None, target: Stream | None, micro: Stream | None,
+                   unlabelled: Stream | None) -> None:
     needs = {"source": cfg.source_weight > 0 and cfg.mae_weight == 0,
              "target": _needs_target(cfg), "micro": cfg.micro_weight > 0,
              "unlabelled": cfg.mae_weight > 0}
@@ -577,42 +566,13 @@ def _check_streams(cfg, source, target, micro, unlabelled) -> None:
         raise DamnetError("MAE pretraining is its own step: no segmentation or adversarial terms")
     for name in ("source", "micro"):
         s = given[name]
-        if needs[name] and not s.tiles.has_labels():
+        if needs[name] and s is not None and not s.tiles.has_labels():
             raise DamnetError(f"the {name} stream has tiles without labels")
 
 
-def _check_compatible(state: dict, cfg: TrainConfig, uri: str) -> None:
+def _check_compatible(state: dict[str, Any], cfg: TrainConfig, uri: str) -> None:
     saved = state.get("config", {})
     for key in ("steps", "batch_size", "seed", "lambda_adv", "micro_weight", "mae_weight"):
         if key in saved and saved[key] != getattr(cfg, key):
             raise DamnetError(f"{uri}: checkpoint was made with {key}={saved[key]!r}, this run has "
                               f"{getattr(cfg, key)!r}; use another output folder to start afresh")
-
-
-def load_weights(model: ChangeNet, uri: str, part: str = "all") -> None:
-    """Load weights from a file or URI into ``model`` (``part``: "all" or "encoder").
-
-    Accepts a checkpoint of :func:`fit` (its ``model`` entry), a ChangeNet state dict, or an
-    encoder-only state dict (e.g. from MAE pretraining elsewhere). Loaded with
-    ``weights_only=True``: nothing in the file is executed.
-    """
-    state = load_checkpoint(uri)
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if part not in ("all", "encoder"):
-        raise ValueError(f"part must be 'all' or 'encoder', got {part!r}")
-    target: nn.Module = model
-    if part == "encoder":
-        target = model.encoder
-        prefix = "encoder."
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} or state
-    try:
-        missing, unexpected = target.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise DamnetError(f"{uri}: weights do not fit this model ({first})") from None
-    if unexpected or (missing and part == "encoder"):
-        raise DamnetError(f"{uri}: weights do not fit this model (missing {list(missing)[:3]}, "
-                          f"unexpected {list(unexpected)[:3]})")
-    if missing:
-        raise DamnetError(f"{uri}: weights do not fit this model (missing {list(missing)[:3]})")

@@ -148,13 +148,13 @@ def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
 
         mp.setattr(damnet.registry, "record_decision", crash)
         with pytest.raises(ConnectionError):
-            main(["promote", *a, "--margin", "2", *small])
+            main(["promote", *a, "--margin", "1", *small])
     assert [str(v.version) for v in client.search_model_versions("name='damnet-newtown'")] == ["1"]
     assert not (region["store"] / "regions/newtown/steps/promote.json").exists()
     # A gate no model can pass: refused, recorded, champion untouched.
-    assert main(["promote", *a, "--margin", "2", *small]) == 3
+    assert main(["promote", *a, "--margin", "1", *small]) == 3
     err = capsys.readouterr().err
-    assert "was not promoted" in err and re.search("does not clear the margin 2|a tie never promotes", err)
+    assert "was not promoted" in err and re.search("does not clear the margin 1|a tie never promotes", err)
     v1 = client.get_model_version("damnet-newtown", "1")
     assert v1.tags["damnet.decision"] == "rejected"
     assert str(client.get_model_version_by_alias("damnet-newtown", "challenger").version) == "1"

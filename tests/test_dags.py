@@ -43,12 +43,13 @@ def dagbag(monkeypatch, **env):
 
 
 def test_dag_files_import_nothing_heavy_and_parse_fast():
-    code = (f"import sys, time; sys.path.insert(0, {str(DAGS)!r}); t = time.perf_counter();"
+    code = ("import sys, time; t = time.perf_counter();"
             "import damnet_region, damnet_finetune, damnet_nightly; dt = time.perf_counter() - t;"
             "heavy = [m for m in ('torch', 'damnet', 'mlflow', 'components', 'rasterio', 'great_expectations')"
             " if m in sys.modules]; print(dt, heavy)")
+    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PYTHONPATH": str(DAGS)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}).stdout.split(maxsplit=1)
+                         env=env).stdout.split(maxsplit=1)
     print(f"DAG files imported in {float(out[0]):.2f} s (airflow.sdk included)")
     assert out[1].strip() == "[]"
 
@@ -95,6 +96,11 @@ def test_kubernetes_mode_renders_gpu_pods_for_training_and_cpu_pods_for_the_rest
     assert c["image"] == "reg.example/damnet:1.2.3" and "nvidia.com/gpu" not in c["resources"]["limits"]
     assert "tolerations" not in pod["spec"] or not pod["spec"]["tolerations"]
     assert c["args"][:3] == ["select", "--run-group", "{{ run_id }}"]
+    # The nightly scan returns what the DAG maps over: it runs on the worker (a pod's XCom
+    # would need pods/exec, which the pod launcher's Role leaves out), against the S3 store.
+    scan = bag.get_dag("damnet_nightly").get_task("scan")
+    assert (scan.step, scan.returns_json) == ("scan", True)
+    assert scan.arguments[:2] == ["--store", "s3://damnet-test/store"] and scan.arguments[-1] == "--json"
 
 
 def test_kubernetes_mode_refuses_a_store_the_pods_cannot_see(airflow_home, monkeypatch):
@@ -167,11 +173,10 @@ def _write_record(store: Path, region: str, step: str, **fields) -> None:
     path.write_text(json.dumps({"key": "k", "outputs": {}, **fields}))
 
 
-def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(airflow_home, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(DAGS))
-    from damnet_ops.scan import scan_store
-
-    from components.step import file_digest, tree_digest
+def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(tmp_path, capsys):
+    from components.cli import main
+    from components.records import file_digest, tree_digest
+    from components.scan import scan_store
 
     store = tmp_path / "store"
     for region in ("source", "fresh", "labelled", "steady"):
@@ -202,6 +207,12 @@ def test_nightly_scan_finds_new_imagery_arrived_labels_and_champions(airflow_hom
     found = scan_store(str(store))
     assert found == {"new_imagery": ["fresh"], "labels_ready": ["labelled"], "rescore": ["steady"],
                      "conf": {"fresh": {"region": "fresh"}}}
+    # The step the nightly DAG runs: the same result, as its last line.
+    capsys.readouterr()
+    assert main(["scan", "--store", str(store), "--run-group", "r1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == found
+    assert main(["scan", "--store", str(store), "--source-regions", "source,fresh"]) == 0
+    assert "new imagery: -\nlabels arrived: labelled\nchampions to re-score: steady" in capsys.readouterr().out
     # New imagery under a region that was ingested before is new again, and the region is
     # re-run the way it was ingested.
     (store / "imagery" / "steady" / "pre" / "b.tif").write_bytes(b"more")
@@ -251,19 +262,48 @@ def test_the_labels_trigger_fires_when_labels_arrive(tmp_path, monkeypatch):
     assert event.payload == {"labels": str(tmp_path / "labels" / "newtown" / "export.json")}
 
 
-def test_the_dags_accept_exactly_the_region_names_the_steps_accept(monkeypatch):
-    # Two copies on purpose (the DAG files import nothing of the package at parse time);
-    # a region the trigger form lets through must not be refused by the first step.
-    monkeypatch.syspath_prepend(str(DAGS))
-    from damnet_ops.settings import REGION_PATTERN as DAG_PATTERN
+def test_labels_status_says_whether_and_where_the_labels_came_back(tmp_path, capsys):
+    from components.cli import main
 
-    from components.step import REGION_PATTERN as STEP_PATTERN
+    def status(*extra: str) -> str:
+        assert main(["labels-status", "--store", str(tmp_path), "--region", "newtown", *extra]) == 0
+        return capsys.readouterr().out.strip()
 
-    assert DAG_PATTERN == STEP_PATTERN
+    inbox = tmp_path / "labels" / "newtown"
+    assert json.loads(status("--json")) == {"region": "newtown", "inbox": str(inbox), "labels": None}
+    assert status() == f"[newtown] no labels yet in {inbox}"
+    (inbox / "masks").mkdir(parents=True)
+    (inbox / "masks" / "t1.png").write_bytes(b"png")
+    assert json.loads(status("--json"))["labels"] == str(inbox / "masks")
+    (inbox / "export.json").write_text("[]")  # a Label Studio export wins, as import-labels reads it
+    assert status() == f"[newtown] labels: {inbox / 'export.json'}"
+
+
+def test_every_dag_param_renders_into_arguments_the_step_parses_back(airflow_home, monkeypatch):
+    """The Params and step arguments come from workflows.json (generated from the steps' option
+    declarations): each Param's default reaches its step as the step's own default, and a value
+    from the trigger form reaches it as that value."""
+    from components.cli import build_parser
+
+    parser = build_parser()
+    bag = dagbag(monkeypatch, DAMNET_EXECUTION="local")
+    checked = 0
+    for dag_id in ("damnet_region", "damnet_finetune"):
+        dag = bag.get_dag(dag_id)
+        for task in dag.tasks:
+            if not hasattr(task, "step"):
+                continue
+            ns = parser.parse_args(_argv(dag, task.task_id, {}))
+            own = parser.parse_args([task.step, "--region", "newtown"])
+            for arg in (a for a in task.arguments if a.startswith("--") and "=" in a):  # workflow options
+                dest = arg.split("=", 1)[0].lstrip("-").replace("-", "_")
+                if dest not in ("region", "steps", "device"):  # steps, device: from the compute profile
+                    assert getattr(ns, dest) == getattr(own, dest), (dag_id, task.task_id, dest)
+                    checked += 1
+    assert checked >= 25
 
 
 def test_the_region_dag_adapts_with_the_engines_default_alignment(airflow_home, monkeypatch):
-    # Literals in the DAG file (no torch at parse time): they must follow damnet.train.MODES.
     from damnet.train import MODES
 
     dag = dagbag(monkeypatch, DAMNET_EXECUTION="local").get_dag("damnet_region")
@@ -290,7 +330,6 @@ def _validate_argv(dag, conf: dict) -> list[str]:
 
 
 def test_the_validation_thresholds_are_region_dag_params_that_reach_the_step(airflow_home, monkeypatch):
-    # Literals in the DAG file (no damnet at parse time): their defaults must be the library's.
     from components.cli import build_parser
     from damnet.validation import ValidationConfig
 
@@ -329,7 +368,6 @@ def _options(ns, names) -> dict:
 
 
 def test_the_ingest_options_are_region_dag_params_that_reach_the_step(airflow_home, monkeypatch):
-    # Literals in the DAG file (no damnet at parse time): their defaults must be the step's.
     from components.cli import build_parser
     from components.ingest import config_from
     from damnet.imagery import DEFAULT_LABEL_THRESHOLD

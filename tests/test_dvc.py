@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ TINY = {
     "source": {"scenes": 2, "size": 128},
     "train": {"steps": 4},
     "adapt": {"steps": 2},
-    "select": {"budget": 1, "audit": 2, "max_label_share": 0.5},
+    "select": {"budget": 1, "audit": 2, "max-label-share": 0.5},
     "finetune": {"steps": 2},
     "predict": {"tile": 64, "overlap": 16},
 }
@@ -198,94 +199,65 @@ def test_dvc_repro_runs_a_region_then_only_what_changed(tmp_path):
     assert "resumed from" not in forced, forced[-4000:]
 
 
-def test_params_yaml_validation_thresholds_are_the_librarys_and_reach_the_validate_stage():
-    """params.yaml's ``validate`` group has the library's defaults, and the validate stage passes
-    every one of them to ``damnet validate`` (so ``dvc exp run -S validate.mostly=0.9`` acts)."""
-    from components.cli import build_parser
-    from damnet.validation import ValidationConfig
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    defaults = ValidationConfig()
-    assert params["validate"], "params.yaml has no validate thresholds"
-    for name, value in params["validate"].items():
-        assert value == getattr(defaults, name), name
-    # Values other than the step's defaults, so a threshold the command drops is seen.
-    tried = {name: "critical" if value == "warning" else value + 3 if isinstance(value, int) else value / 2
-             for name, value in params["validate"].items()}
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["validate"]["do"]
-    cmd = re.sub(r"\$\{validate\.(\w+)\}", lambda m: str(tried[m.group(1)]), stage["cmd"])
-    cmd = re.sub(r"\$\{[^}]+\}", "x", cmd)  # the store, the region key, the tracking URI
-    ns = build_parser().parse_args(cmd.split("damnet ", 1)[1].split())
-    for name, value in tried.items():
-        assert getattr(ns, name) == value, f"dvc.yaml's validate stage does not pass validate.{name}"
-    assert {"max_misregistration_px", "tile_misregistration_severity", "max_nodata_fraction",
-            "max_mean_nodata_fraction", "mostly", "min_tiles"} <= set(params["validate"])
-
-
-def _stage_argv(stage: str, group: str, tried: dict) -> list[str]:
-    """The ``damnet`` command line of dvc.yaml's ``stage`` with params.yaml ``group.<name>`` set
-    to ``tried`` (the other variables filled with placeholders)."""
+def _dvc_argv(stage: str, params: dict) -> list[str]:
+    """The ``damnet`` command line of dvc.yaml's ``stage`` as DVC builds it from ``params``:
+    ``${section}`` unpacked into ``--key value`` (true: ``--key``), other variables as placeholders."""
     stage_def = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
     cmd = stage_def.get("do", stage_def)["cmd"]
     if isinstance(cmd, list):
         cmd = next(c for c in cmd if "damnet " in c)
     cmd = cmd.split(" || ", 1)[0]  # promote: the accepted-rejection fallback
-    cmd = re.sub(rf"\$\{{{group}\.(\w+)\}}", lambda m: str(tried[m.group(1)]), cmd)
-    cmd = re.sub(r"\$\{[^}]+\}", "x", cmd)
-    return cmd.split("damnet ", 1)[1].split()
+    argv: list[str] = []
+    cmd = re.sub(r'"\$\(.*\)"', "x", cmd, flags=re.S)  # predict: --model "$(... champion_ref ...)"
+    for word in shlex.split(cmd.split("damnet ", 1)[1]):
+        m = re.fullmatch(r"\$\{(\w+)\}", word)
+        if m and isinstance(params.get(m.group(1)), dict):
+            for key, value in params[m.group(1)].items():
+                argv += [f"--{key}"] if value is True else [] if value is False else [f"--{key}", str(value)]
+        elif m and m.group(1) in params:  # ${device}
+            argv.append(str(params[m.group(1)]))
+        else:
+            argv.append(re.sub(r"\$\{[^}]+\}", "x", word))
+    return argv
 
 
-def test_params_yaml_ingest_options_are_the_steps_and_reach_both_ingest_stages():
+STEP_STAGES = {"ingest_source": "ingest", "ingest_target": "ingest", "validate": "validate", "train": "train",
+               "adapt": "adapt", "select": "select", "finetune": "finetune", "promote": "promote",
+               "predict": "predict", "report": "report"}
+
+
+def test_every_stage_hands_its_whole_params_section_to_its_step():
+    """Each step stage unpacks its params.yaml section into the step's options, so a value set
+    with ``dvc exp run -S adapt.lambda-adv=0.01`` reaches ``damnet adapt``; the stage lists the
+    section as a param dependency (DVC re-runs it when the section changes)."""
     from components.cli import build_parser
-    from components.ingest import config_from
-    from damnet.imagery import DEFAULT_LABEL_THRESHOLD
 
-    tiling = yaml.safe_load((ROOT / "params.yaml").read_text())["tiling"]
-    assert (tiling["bands"], tiling["label_threshold"]) == ("", DEFAULT_LABEL_THRESHOLD)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     parser = build_parser()
-    for stage in ("ingest_source", "ingest_target"):
-        config = config_from(parser.parse_args(_stage_argv(stage, "tiling", tiling)))
-        assert (config.bands, config.label_threshold) == (None, DEFAULT_LABEL_THRESHOLD), stage
-        tried = {**tiling, "size": 128, "bands": "B04,B03,B02", "label_threshold": 0}
-        config = config_from(parser.parse_args(_stage_argv(stage, "tiling", tried)))
-        assert (config.size, config.bands, config.label_threshold) == (128, ("B04", "B03", "B02"), 0), stage
+    for stage, step in STEP_STAGES.items():
+        section = params[step]
+        # Values other than the defaults, so an option the command drops is seen.
+        tried = {k: (v + 32 if isinstance(v, int) and not isinstance(v, bool) else v * 0.9 if isinstance(v, float)
+                     else v) for k, v in section.items()}
+        ns = parser.parse_args(_dvc_argv(stage, {**params, step: tried}))
+        for key, value in tried.items():
+            got = getattr(ns, key.replace("-", "_"))
+            assert got == value or (value in ("yes", "no") and got == (value == "yes")) or (value == "" and not got), (
+                f"dvc.yaml's {stage} stage does not pass {step}.{key}")
+        assert step in stages[stage].get("do", stages[stage])["params"], stage
 
 
-def test_params_yaml_audit_set_lets_the_toy_regions_gate_decide_and_reaches_select():
-    """select.audit / min_audit give every target region at least as many audit tiles as the
+def test_params_yaml_audit_set_lets_the_toy_regions_gate_decide():
+    """select.audit / min-audit give every target region at least as many audit tiles as the
     promote stage's gate asks for (a count of 4 made the gate always say "not enough audit
-    evidence"), and both reach ``damnet select``."""
-    from components.cli import build_parser
-    from damnet.select import DEFAULT_MIN_AUDIT, audit_count
+    evidence")."""
+    from damnet.select import audit_count
     from damnet.tiling import window_starts
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    select, tiling = params["select"], params["tiling"]
-    assert select["min_audit"] == DEFAULT_MIN_AUDIT
-    stride = tiling["size"] - tiling["overlap"]
+    select, ingest = params["select"], params["ingest"]
+    stride = ingest["tile-size"] - ingest["overlap"]
     for region, target in params["targets"].items():
-        tiles = target["scenes"] * len(window_starts(target["size"], tiling["size"], stride)) ** 2
-        assert audit_count(select["audit"], tiles, select["min_audit"]) >= params["promote"]["min_audit_tiles"], region
-    tried = {**select, "audit": 0.02, "min_audit": 7}
-    ns = build_parser().parse_args(_stage_argv("select", "select", tried))
-    assert (ns.audit, ns.min_audit) == (0.02, 7)
-
-
-GATE_PARAMS = ("margin", "max_source_drop", "min_audit_tiles", "min_change_tiles", "confidence")
-
-
-def test_params_yaml_promotion_gate_is_the_steps_and_reaches_the_promote_stage():
-    from components.cli import build_parser
-    from damnet.registry import Evidence
-
-    promote = yaml.safe_load((ROOT / "params.yaml").read_text())["promote"]
-    parser = build_parser()
-    defaults = parser.parse_args(["promote", "--region", "newtown"])
-    assert {n: promote[n] for n in GATE_PARAMS} == {n: getattr(defaults, n) for n in GATE_PARAMS}
-    ev = Evidence()
-    assert (promote["min_audit_tiles"], promote["min_change_tiles"], promote["confidence"]) == (
-        ev.min_tiles, ev.min_change_tiles, ev.confidence)
-    tried = {**promote, "margin": 0.03, "max_source_drop": 0.02, "min_audit_tiles": 30, "min_change_tiles": 12,
-             "confidence": 0.95}
-    ns = parser.parse_args(_stage_argv("promote", "promote", tried))
-    assert {n: getattr(ns, n) for n in GATE_PARAMS} == {n: tried[n] for n in GATE_PARAMS}
+        tiles = target["scenes"] * len(window_starts(target["size"], ingest["tile-size"], stride)) ** 2
+        assert audit_count(select["audit"], tiles, select["min-audit"]) >= params["promote"]["min-audit-tiles"], region

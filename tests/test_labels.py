@@ -409,7 +409,7 @@ def test_garbage_export_is_one_clear_problem(exported, data, fragment):
 
 
 def test_oversized_export_is_refused_unparsed(exported, monkeypatch):
-    monkeypatch.setattr(labels, "MAX_EXPORT_BYTES", 1000)
+    monkeypatch.setattr(labels.parse, "MAX_EXPORT_BYTES", 1000)
     with pytest.raises(LabelExportError, match="limit"):
         parse_label_studio_export("[" + " " * 2000 + "]", "big.json", exported[1])
 

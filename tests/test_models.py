@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from damnet.losses import adversarial_loss, segmentation_loss
 from damnet.models import (
     MAE,
     PRESETS,
@@ -16,7 +17,6 @@ from damnet.models import (
     discriminator_input,
     preset,
 )
-from damnet.train import adversarial_loss, segmentation_loss
 
 
 @pytest.fixture(scope="module")

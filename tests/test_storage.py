@@ -110,7 +110,7 @@ def test_file_uri_and_plain_path_are_the_same(tmp_path):
 
 
 def test_tree_digest_of_an_s3_prefix_comes_from_the_listing_and_follows_the_content(s3_bucket, monkeypatch):
-    from components.step import tree_digest
+    from components.records import tree_digest
 
     prefix = f"s3://{s3_bucket}/imagery/newtown"
     s3 = storage.storage_for(prefix)

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from damnet.checkpoint import CHECKPOINT, load_checkpoint, load_weights
 from damnet.data import Stream, TileSet
 from damnet.errors import DamnetError
 from damnet.models import ChangeNet, preset
-from damnet.train import CHECKPOINT, TrainingDiverged, fit, load_checkpoint, load_weights, mode_config
+from damnet.train import TrainingDiverged, fit, mode_config
 
 JOB = str(Path(__file__).with_name("_train_job.py"))
 SMALL = {"dims": (16, 32, 64, 128), "decoder_dim": 16}
@@ -208,7 +209,7 @@ def test_photometric_jitter_changes_each_date_on_its_own_and_stays_in_range():
 
 
 def test_pseudo_labels_are_class_balanced_and_skip_unsure_pixels():
-    from damnet.train import _pseudo_loss
+    from damnet.losses import pseudo_loss
 
     teacher = torch.zeros(1, 2, 10, 10)
     teacher[:, 0] = 5.0  # confident background everywhere ...
@@ -219,18 +220,18 @@ def test_pseudo_labels_are_class_balanced_and_skip_unsure_pixels():
     says_nothing[:, 0] = 5.0
     # One change pixel among 98 background ones still weighs half of the loss: predicting no
     # change everywhere is expensive, which is what keeps self-training from collapsing.
-    loss = _pseudo_loss(says_nothing, teacher, valid, 0.9)
+    loss = pseudo_loss(says_nothing, teacher, valid, 0.9)
     assert loss > 0.5 * 5.0
     agrees = teacher.clone()
     agrees[0, :, 9, 9] = torch.tensor([-5.0, 5.0])  # the unsure pixel does not count either way
-    assert _pseudo_loss(agrees, teacher, valid, 0.9) < 0.01
+    assert pseudo_loss(agrees, teacher, valid, 0.9) < 0.01
     nothing_sure = torch.zeros(1, 2, 10, 10)
-    assert _pseudo_loss(says_nothing, nothing_sure, valid, 0.9) == 0
+    assert pseudo_loss(says_nothing, nothing_sure, valid, 0.9) == 0
 
 
 def test_change_prior_is_zero_at_the_source_share_and_grows_towards_an_empty_map():
     from damnet.data import Batch
-    from damnet.train import _change_prior
+    from damnet.losses import change_prior
 
     label = torch.zeros(1, 10, 10, dtype=torch.long)
     label[0, :1] = 1  # 10 % change in the source batch
@@ -241,9 +242,9 @@ def test_change_prior_is_zero_at_the_source_share_and_grows_towards_an_empty_map
         p = torch.full((1, 10, 10), share)
         return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
 
-    at = _change_prior(logits_with_share(0.10), ones, src)
+    at = change_prior(logits_with_share(0.10), ones, src)
     assert abs(float(at)) < 1e-5
-    values = [float(_change_prior(logits_with_share(s), ones, src)) for s in (0.05, 0.01, 0.001)]
+    values = [float(change_prior(logits_with_share(s), ones, src)) for s in (0.05, 0.01, 0.001)]
     assert values == sorted(values) and values[-1] > 0.1
 
 
@@ -276,24 +277,24 @@ def test_self_training_resumes_with_its_teacher_and_anchor(tiny_regions, tmp_pat
 
 
 def test_anchor_is_zero_at_the_starting_model_and_grows_as_the_maps_part():
-    from damnet.train import _anchor_loss
+    from damnet.losses import anchor_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 2, 8, 8)
     valid = torch.ones(2, 8, 8, dtype=torch.bool)
-    assert float(_anchor_loss(logits, logits, valid)) == pytest.approx(0.0, abs=1e-6)
+    assert float(anchor_loss(logits, logits, valid)) == pytest.approx(0.0, abs=1e-6)
     flipped = logits.flip(1)  # the other class everywhere
-    assert float(_anchor_loss(flipped, logits, valid)) > 0.1
+    assert float(anchor_loss(flipped, logits, valid)) > 0.1
     # pixels outside the valid mask do not count
     half = valid.clone()
     half[:, :, 4:] = False
     mixed = torch.where(half[:, None], logits, flipped)
-    assert float(_anchor_loss(mixed, logits, half)) == pytest.approx(0.0, abs=1e-6)
+    assert float(anchor_loss(mixed, logits, half)) == pytest.approx(0.0, abs=1e-6)
     # on="change": only the pixels the anchor calls change hold the model
     calls_change = logits[:, 1] > logits[:, 0]
     drifted = torch.where(calls_change[:, None], logits, flipped)  # every "no change" pixel moved
-    assert float(_anchor_loss(drifted, logits, valid, on="change")) == pytest.approx(0.0, abs=1e-6)
-    assert float(_anchor_loss(drifted, logits, valid)) > 0.05
+    assert float(anchor_loss(drifted, logits, valid, on="change")) == pytest.approx(0.0, abs=1e-6)
+    assert float(anchor_loss(drifted, logits, valid)) > 0.05
 
 
 def test_anchored_finetuning_keeps_the_map_of_the_model_it_starts_from(tiny_regions):

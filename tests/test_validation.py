@@ -26,7 +26,6 @@ from damnet.validation import (
     ValidationConfig,
     ValidationFailed,
     ValidationReport,
-    _exception_message,
     build_suite,
     estimate_shift,
     frechet_distance,
@@ -34,6 +33,7 @@ from damnet.validation import (
     post_grid,
     validate_region,
 )
+from damnet.validation.report import _exception_message
 
 TILE = TilingConfig(size=64)
 UTM31 = "EPSG:32631"

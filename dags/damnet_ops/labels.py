@@ -1,15 +1,21 @@
 """Waiting for labels without holding a worker slot: a deferrable sensor and its trigger.
 
-The fine-tune DAG starts with :class:`LabelsSensor`. If the region's label inbox
-(``STORE/labels/<region>/export.json`` or ``.../masks/``) already has labels it succeeds at
-once; otherwise it defers to :class:`LabelsArrivedTrigger`, which polls the store from the
-triggerer process and wakes the task when labels appear. (The triggerer needs this dags
-folder on its ``PYTHONPATH`` to import the trigger; the project image sets it.)
+The fine-tune DAG starts with :class:`LabelsSensor`. It asks ``damnet labels-status`` (run
+as ``python -m components.labels_status``: it loads no other step, so a check takes a
+fraction of a second) whether the region's label inbox has labels; the command knows where
+the inbox is. If it has, the sensor succeeds at once; otherwise it defers to
+:class:`LabelsArrivedTrigger`, which runs the same check from the triggerer process and
+wakes the task when labels appear. (The triggerer needs this dags folder on its
+``PYTHONPATH`` to import the trigger, and the damnet package installed; the project image
+has both.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from datetime import timedelta
 
 from airflow.sdk import BaseSensorOperator
@@ -17,17 +23,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
 def labels_present(store: str, region: str) -> str | None:
-    """The URI of the region's returned labels, or None."""
-    from damnet import storage
-
-    inbox = storage.join(store, "labels", region)
-    export = storage.join(inbox, "export.json")
-    if storage.storage_for(export).exists(export):
-        return export
-    masks = storage.join(inbox, "masks")
-    if storage.storage_for(masks).list(masks.rstrip("/") + "/"):
-        return masks
-    return None
+    """The URI of the region's returned labels, or None (``damnet labels-status --json``)."""
+    cmd = [sys.executable, "-m", "components.labels_status", "--store", store, "--region", region, "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        raise RuntimeError(f"damnet labels-status exited with {done.returncode}: {lines[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["labels"]
 
 
 class LabelsArrivedTrigger(BaseTrigger):

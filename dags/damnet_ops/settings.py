@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from damnet_ops.workflow import SPEC
+
 EXECUTION_MODES = ("local", "kubernetes")
 
 
@@ -45,23 +47,11 @@ def load() -> Settings:
     return Settings(
         execution=execution,
         store=store,
-        image=os.environ.get("DAMNET_IMAGE", "ghcr.io/damnet-ops/damnet:0.1.0"),
-        gpu_image=os.environ.get("DAMNET_GPU_IMAGE", "ghcr.io/damnet-ops/damnet:0.1.0-cuda"),
+        image=os.environ.get("DAMNET_IMAGE", SPEC["images"]["cpu"]),
+        gpu_image=os.environ.get("DAMNET_GPU_IMAGE", SPEC["images"]["gpu"]),
         namespace=os.environ.get("DAMNET_NAMESPACE", "damnet"),
         gpu_node_selector=(key, value),
     )
-
-
-#: Region names: safe in paths, URIs and registry names (the steps check the same pattern).
-REGION_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
-#: compute profile -> device of the GPU-capable steps (CPU steps always use "auto")
-DEVICE_TEMPLATE = "{{ {'cpu-small': 'cpu', 'cpu': 'cpu', 'gpu': 'cuda'}[params.compute_profile] }}"
-PROFILES = ["cpu-small", "cpu", "gpu"]
-
-
-def steps_template(param: str, per_profile: dict[str, int]) -> str:
-    """Training steps: the Param if set (> 0), else the compute profile's default."""
-    return "{{ params.%s or %r[params.compute_profile] }}" % (param, per_profile)  # noqa: UP031 - Jinja braces
 
 
 def region_dag_arguments(dag_id: str, doc: str, params: dict, **extra) -> dict:

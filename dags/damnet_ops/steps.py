@@ -12,24 +12,32 @@
 
 Every step gets ``--run-group {{ run_id }}`` so its MLflow run lands under this DAG run's
 region run, and in local mode ``--store`` (pods read ``DAMNET_STORE`` from the config map).
+
+A step that returns a result (``returns_json=True``, e.g. ``damnet scan``) gets ``--json``
+and its task returns the JSON the command prints as its last line: downstream tasks map
+over it. Such a step is light and runs on the worker in both modes, like the labels sensor's
+check (a pod's XCom would need ``pods/exec``, which the pod launcher's Role leaves out).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from damnet_ops.settings import Settings
+from damnet_ops.workflow import EXIT_CODES, GPU_STEPS, SPEC
 
+_CPU, _GPU = SPEC["resources"]["cpu"], SPEC["resources"]["gpu"]
 #: (requests, limits) per kind of step in kubernetes mode
-CPU_RESOURCES = ({"cpu": "1", "memory": "4Gi"}, {"cpu": "2", "memory": "8Gi"})
-GPU_RESOURCES = ({"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"},
-                 {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"})
+CPU_RESOURCES = (_CPU[0], _CPU[1])
+GPU_RESOURCES = ({**_GPU[0], "nvidia.com/gpu": "1"}, {**_GPU[1], "nvidia.com/gpu": "1"})
 RUN_AS = 10001
 
 
@@ -38,9 +46,9 @@ class StepFailed(Exception):
 
 
 #: exit status of a step whose verdict is "no" (the promotion gate refused the candidate)
-REJECTED = 3
+REJECTED = EXIT_CODES["rejected"]
 #: exit status of a step refusing its input: retrying cannot help
-BAD_INPUT = 2
+BAD_INPUT = EXIT_CODES["bad_input"]
 
 
 class DamnetStep(BaseOperator):
@@ -49,19 +57,23 @@ class DamnetStep(BaseOperator):
     template_fields = ("arguments",)
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, step: str, arguments: list[str], **kwargs) -> None:
+    def __init__(self, *, step: str, arguments: list[str], returns_json: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.step = step
         self.arguments = arguments
+        self.returns_json = returns_json
 
-    def execute(self, context) -> str:
+    def execute(self, context) -> Any:
+        """Runs the step; returns its name, or with ``returns_json`` the JSON it printed last."""
         cmd = [sys.executable, "-m", "components.cli", self.step, *map(str, self.arguments)]
         self.log.info("running: damnet %s %s", self.step, " ".join(map(str, self.arguments)))
+        # DAMNET_THREADS in the worker's environment (make airflow: CPUs / parallelism) gives each
+        # step its share of the CPUs.
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # Own process group: on_kill stops the step and whatever it started (torchrun, GDAL).
         proc = self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                              env=env, start_new_session=True)
-        last_error = ""
+        last_error, result = "", ""
         echo = os.environ.get("DAMNET_ECHO_STEPS") == "1"  # the demo shows step output on its console
         if echo:
             print(f"  > {self.dag_id}.{self.task_id}: damnet {self.step}", flush=True)
@@ -73,6 +85,8 @@ class DamnetStep(BaseOperator):
                 print(f"    {line}", flush=True)
             if line.startswith("error: "):
                 last_error = line[len("error: "):]
+            elif line.startswith("{"):
+                result = line
         code = proc.wait()
         message = f"damnet {self.step} exited with {code}: {last_error or 'see the log above'}"
         if code == REJECTED:  # a verdict: what depends on it is skipped, the run goes on
@@ -81,7 +95,12 @@ class DamnetStep(BaseOperator):
             raise AirflowFailException(message)
         if code != 0:
             raise StepFailed(message)
-        return self.step
+        if not self.returns_json:
+            return self.step
+        try:
+            return json.loads(result)
+        except ValueError:
+            raise StepFailed(f"damnet {self.step} printed no JSON result line: {result!r}") from None
 
     def on_kill(self) -> None:
         proc = getattr(self, "_proc", None)
@@ -120,7 +139,10 @@ def _k8s_kwargs(settings: Settings, step: str, gpu: bool) -> dict:
             capabilities=k8s.V1Capabilities(drop=["ALL"])),
         # The root filesystem is read-only: home and caches (matplotlib, torch) live in /tmp.
         env_vars=[k8s.V1EnvVar(name="HOME", value="/tmp"),  # noqa: S108 - the pod's scratch volume
-                  k8s.V1EnvVar(name="MPLCONFIGDIR", value="/tmp/matplotlib")],  # noqa: S108
+                  k8s.V1EnvVar(name="MPLCONFIGDIR", value="/tmp/matplotlib"),  # noqa: S108
+                  # torch threads: the pod's CPU limit (the steps also read the cgroup quota)
+                  k8s.V1EnvVar(name="DAMNET_THREADS", value_from=k8s.V1EnvVarSource(
+                      resource_field_ref=k8s.V1ResourceFieldSelector(resource="limits.cpu", divisor="1")))],
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],  # noqa: S108 - pod scratch
         get_logs=True,
@@ -137,10 +159,15 @@ def full_arguments(settings: Settings, step: str, arguments: list[str], run_id: 
     return ["--store", settings.store, "--run-group", run_id, *arguments]
 
 
-def step_task(settings: Settings, step: str, arguments: list[str], gpu: bool = False,
-              task_id: str | None = None, **kwargs):
-    """The task that runs ``damnet <step> --store STORE --run-group RUN_ID <arguments>``."""
+def step_task(settings: Settings, step: str, arguments: list[str], gpu: bool | None = None,
+              task_id: str | None = None, returns_json: bool = False, **kwargs):
+    """The task that runs ``damnet <step> --store STORE --run-group RUN_ID <arguments>``;
+    with ``returns_json``, its XCom is the step's JSON result (see the module's doc)."""
     task_id = task_id or step.replace("-", "_")
+    gpu = step in GPU_STEPS if gpu is None else gpu
+    if returns_json:  # on the worker in both modes (see the module's doc)
+        args = ["--store", settings.store, "--run-group", "{{ run_id }}", *arguments, "--json"]
+        return DamnetStep(task_id=task_id, step=step, arguments=args, returns_json=True, **kwargs)
     args = full_arguments(settings, step, arguments)
     if settings.execution == "kubernetes":
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -133,6 +135,9 @@ class Fusion(nn.Module):
 
 class ChangeNet(nn.Module):
     """The generator G of DAM-Net."""
+
+    mean: torch.Tensor  #: (1, 3, 1, 1) buffer, see :func:`normalise`
+    std: torch.Tensor
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -236,6 +241,9 @@ class MAE(nn.Module):
     per-patch normalised targets (as in MAE / ConvNeXt-V2 FCMAE).
     """
 
+    mean: torch.Tensor  #: (1, 3, 1, 1) buffer, see :func:`normalise`
+    std: torch.Tensor
+
     def __init__(self, encoder: ConvNeXtV2Encoder, mask_ratio: float = 0.6, patch: int = 32) -> None:
         super().__init__()
         self.encoder = encoder
@@ -280,10 +288,3 @@ def count_flops(model: ChangeNet, size: int = 256) -> int:
         model(x, x)
     model.train(was)
     return int(counter.get_total_flops())
-
-
-__all__ = [
-    "ChangeNet", "DISC_INPUTS", "MAE", "ModelConfig", "MultiTemporalTransformer", "PRESETS",
-    "SegDiscriminator",
-    "count_flops", "count_parameters", "discriminator_input", "preset",
-]

@@ -1,0 +1,54 @@
+"""Whether a region's labels came back: the label inbox, checked without running a step.
+
+Looks in ``STORE/labels/REGION/`` for a Label Studio export (``export.json``), else for mask
+PNGs (``masks/``), and prints the URI of what it found. ``--json`` prints one JSON line
+``{"region": ..., "inbox": ..., "labels": URI or null}``: what the fine-tune DAG's labels
+sensor reads. Always exits 0 when it could look; writes nothing, records nothing.
+
+Cheap on purpose (the sensor runs it every few minutes): ``python -m components.labels_status``
+imports only the store layout, not the other steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from components import spec
+from components.records import Layout
+from damnet import storage
+
+
+def labels_present(layout: Layout) -> str | None:
+    """The URI of the region's returned labels (the export, else the masks folder), or None."""
+    export = storage.join(layout.inbox, "export.json")
+    if storage.storage_for(export).exists(export):
+        return export
+    masks = storage.join(layout.inbox, "masks")
+    if storage.storage_for(masks).list(masks.rstrip("/") + "/"):
+        return masks
+    return None
+
+
+def run(args: argparse.Namespace) -> None:
+    layout = Layout.from_args(args)
+    found = labels_present(layout)
+    if args.json:
+        print(json.dumps({"region": layout.region, "inbox": layout.inbox, "labels": found}))
+    elif found:
+        print(f"[{layout.region}] labels: {found}")
+    else:
+        print(f"[{layout.region}] no labels yet in {layout.inbox}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``damnet labels-status`` without loading every step's module (see the module's doc)."""
+    parser = argparse.ArgumentParser(prog="damnet labels-status", description=__doc__)
+    spec.add_arguments(parser, "labels-status")
+    run(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
