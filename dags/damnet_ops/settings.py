@@ -37,7 +37,7 @@ def load() -> Settings:
     execution = os.environ.get("DAMNET_EXECUTION", "local")
     if execution not in EXECUTION_MODES:
         raise ValueError(f"DAMNET_EXECUTION must be one of {EXECUTION_MODES}, got {execution!r}")
-    store = os.environ.get("DAMNET_STORE", "runs/store")
+    store = os.environ.get("DAMNET_STORE", SPEC["default_store"])
     if execution == "kubernetes" and not store.startswith("s3://"):
         # The step pods and Airflow's own tasks (the labels sensor, the nightly scan) must see
         # the same store; a folder on the Airflow worker is not one the pods can see.
