@@ -28,23 +28,39 @@ PLACEHOLDER = re.compile(r"^\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}$")
 # Values for what has no default: the region, and the run id kfp fills in at run time.
 DUMMIES = {"region": "newtown", JOB_ID: "5b0c3f4e-0000-4000-8000-000000000001"}
 
-PARAMETERS = {
-    "damnet-region": {
-        "region": None, "imagery": "", "source_model": "models:/damnet-source@champion", "source_region": "source",
-        "label_budget": 0.003, "audit": 0.01, "min_audit": 20, "max_label_share": 0.01, "selector": "combined",
-        "reference": "none", "tile_size": 256, "bands": "", "label_threshold": 127,
-        "adapt_steps": 3000, "restyle": 0.0, "match_gsd": "no", "lambda_adv": 0.001,
-        "max_misregistration_px": 4.0, "tile_misregistration_severity": "warning", "max_nodata_fraction": 0.5,
-        "max_mean_nodata_fraction": 0.25, "mostly": 0.95, "min_tiles": 4,
-        "store": "s3://damnet/store",
-        "image": "ghcr.io/damnet-ops/damnet:0.1.0",
-        "gpu_image": "ghcr.io/damnet-ops/damnet:0.1.0-cuda"},
-    "damnet-finetune": {
-        "region": None, "labels": "", "source_region": "source", "finetune_steps": 2000, "margin": 0.01,
-        "max_source_drop": 0.05, "min_audit_tiles": 10, "min_change_tiles": 5, "confidence": 0.9,
-        "predict_tile": 256, "store": "s3://damnet/store",
-        "image": "ghcr.io/damnet-ops/damnet:0.1.0", "gpu_image": "ghcr.io/damnet-ops/damnet:0.1.0-cuda"},
-}
+WORKFLOWS = json.loads((ROOT / "dags" / "damnet_ops" / "workflows.json").read_text())
+
+
+def _expected_parameters() -> dict[str, dict]:
+    """pipeline -> parameter -> default a run gets: the workflow's parameters (workflows.json)
+    with the defaults the real ``damnet`` parser gives their options (the GPU profile's steps;
+    yes/no options as text), then store and images. None: no default (the region)."""
+    from components.cli import build_parser
+    from components.step_options import PROFILE_STEPS
+
+    parser = build_parser()
+    out = {}
+    for workflow, pipeline in (("region", "damnet-region"), ("finetune", "damnet-finetune")):
+        wf = WORKFLOWS["workflows"][workflow]
+        expected: dict = {}
+        for step, pairs in wf["arguments"].items():
+            defaults = vars(parser.parse_args([step, "--region", "newtown"]))
+            for flag, name in pairs:
+                if not wf["params"][name]["kubeflow"] or name in expected:
+                    continue
+                value = defaults[flag.lstrip("-").replace("-", "_")]
+                if flag == "--steps":
+                    value = PROFILE_STEPS[step]["gpu"]
+                elif isinstance(value, bool):
+                    value = "yes" if value else "no"
+                expected[name] = None if name == "region" else value
+        images = WORKFLOWS["images"]
+        expected.update(store="s3://damnet/store", image=images["cpu"], gpu_image=images["gpu"])
+        out[pipeline] = expected
+    return out
+
+
+PARAMETERS = _expected_parameters()
 
 
 def compile_pipelines(out: Path, *options: str) -> subprocess.CompletedProcess:
