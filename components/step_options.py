@@ -39,6 +39,8 @@ def training_options(mode: str) -> list[Opt]:
                 "strength of per-date photometric jitter on labelled batches (0: off)", minimum=0, **g),
             Opt("--prior-weight", "float", base.prior_weight,
                 "weight of the change-share prior on target predictions (0: off)", minimum=0, **g),
+            Opt("--entropy-weight", "float", base.entropy_weight,
+                "weight of entropy minimisation on target predictions (ADVENT; 0: off)", minimum=0, **g),
             Opt("--pseudo-weight", "float", base.pseudo_weight,
                 "weight of self-training on the target (EMA teacher; 0: off)", minimum=0, **g),
             Opt("--anchor-weight", "float", base.anchor_weight,

@@ -78,6 +78,7 @@ WORKFLOWS: dict[str, list[Exposed]] = {
         Exposed("restyle", "--restyle", ("adapt",), section="Adaptation"),
         Exposed("match_gsd", "--match-gsd", ("adapt",), section="Adaptation"),
         Exposed("lambda_adv", "--lambda-adv", ("adapt",), section="Adaptation"),
+        Exposed("entropy_weight", "--entropy-weight", ("adapt",), section="Adaptation"),
         Exposed("imagery", "--imagery", ("ingest",), section=_I, default="", schema={"pattern": URI_PATTERN}),
         Exposed("tile_size", "--tile-size", ("ingest",), section=_I),
         Exposed("bands", "--bands", ("ingest",), section=_I),
