@@ -50,28 +50,56 @@ test: $(STAMP) $(LS_STAMP) $(KFP_STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The end-to-end runs marked slow (a region through both DAGs, dvc repro, S3 + mlflow server):
-# about 10 more minutes on 2 cores. CI runs them after `make test`.
-test-slow: $(STAMP)
+# A real Label Studio server (tests/test_labelstudio.py's round trip) in its own venv: its pins
+# (Django, numpy) are not ours. About a minute to install.
+LABELSTUDIO_VENV ?= .venv-labelstudio
+LABELSTUDIO_STAMP := $(LABELSTUDIO_VENV)/.installed
+
+$(LABELSTUDIO_STAMP):
+	@test -x $(LABELSTUDIO_VENV)/bin/python || $(PYTHON) -m venv $(LABELSTUDIO_VENV)
+	$(LABELSTUDIO_VENV)/bin/python -m pip install -qq --disable-pip-version-check 'label-studio==1.23.2'
+	@touch $(LABELSTUDIO_STAMP)
+
+# The end-to-end runs marked slow (a region through both DAGs, dvc repro, S3 + mlflow server,
+# the Label Studio round trip): about 10 more minutes on 2 cores. CI runs them after `make test`.
+test-slow: $(STAMP) $(LABELSTUDIO_STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Airflow's own UI (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite)
-# with these DAGs and the demo's store and MLflow database: http://127.0.0.1:8080
-# (the admin password is printed at start-up and kept in runs/airflow/).
+# with these DAGs on the demo's Airflow database (AIRFLOW_DIR, default runs/demo/airflow: the
+# demo's DAG runs are there), store and MLflow database: http://127.0.0.1:8080 (user admin,
+# password in AIRFLOW_DIR/simple_auth_manager_passwords.json.generated; stop with Ctrl-C).
+# The three DAGs are unpaused (the nightly one then runs once a day). Every server binds
+# 127.0.0.1: the API server by --host; Airflow 3.3 binds the scheduler's and triggerer's log
+# servers to every interface with no setting for it, so they are not started
+# (--skip-serve-logs): on one machine the UI reads task logs from AIRFLOW_DIR/logs.
 # The LocalExecutor runs up to AIRFLOW_PARALLELISM tasks at once (default: the CPUs this
 # machine gives us, at most 4), and every step gets its share of the CPUs as DAMNET_THREADS
 # (torch's threads; without it two steps side by side each take every core and run ~9x slower).
+AIRFLOW_DIR ?= runs/demo/airflow
 airflow: $(STAMP)
-	mkdir -p runs/airflow
+	mkdir -p $(AIRFLOW_DIR)
 	cpus=$$($(BIN)/python -c 'from damnet.threads import available_cpus; print(available_cpus())'); \
 	parallelism=$${AIRFLOW_PARALLELISM:-$$(( cpus < 4 ? cpus : 4 ))}; \
-	AIRFLOW__CORE__PARALLELISM=$$parallelism DAMNET_THREADS=$${DAMNET_THREADS:-$$(( cpus / parallelism > 0 ? cpus / parallelism : 1 ))} \
-	PATH="$(CURDIR)/$(BIN):$$PATH" AIRFLOW_HOME="$(CURDIR)/runs/airflow" \
+	home="$(abspath $(AIRFLOW_DIR))"; \
+	export AIRFLOW__CORE__PARALLELISM=$$parallelism DAMNET_THREADS=$${DAMNET_THREADS:-$$(( cpus / parallelism > 0 ? cpus / parallelism : 1 ))} \
+	PATH="$(CURDIR)/$(BIN):$$PATH" AIRFLOW_HOME="$$home" \
+	AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$$home/airflow.db" AIRFLOW__CORE__EXECUTOR=LocalExecutor \
 	AIRFLOW__CORE__DAGS_FOLDER="$(CURDIR)/dags" AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	AIRFLOW__API__HOST=127.0.0.1 PYTHONPATH="$(CURDIR)/dags" \
+	AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False \
+	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 PYTHONPATH="$(CURDIR)/dags" \
+	AIRFLOW__API_AUTH__JWT_SECRET=$${AIRFLOW__API_AUTH__JWT_SECRET:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(48))')} \
+	PYTHONWARNINGS="ignore:GitWildMatchPattern,ignore:Using \`httpx\` with" \
 	DAMNET_EXECUTION=local DAMNET_STORE="$(CURDIR)/runs/demo/store" \
-	MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/runs/demo/mlflow.db" \
-	$(BIN)/airflow standalone
+	MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/runs/demo/mlflow.db"; \
+	$(BIN)/airflow db migrate >/dev/null && \
+	{ $(BIN)/airflow dags unpause --treat-dag-id-as-regex -y '^damnet_' >/dev/null 2>&1 || true; } && \
+	trap 'kill 0' INT TERM; \
+	$(BIN)/airflow scheduler --skip-serve-logs & $(BIN)/airflow triggerer --skip-serve-logs & \
+	$(BIN)/airflow dag-processor & $(BIN)/airflow api-server --host 127.0.0.1 --port 8080 & \
+	echo "Airflow on http://127.0.0.1:8080 (AIRFLOW_HOME $$home; user admin, password in" \
+	     "$$home/simple_auth_manager_passwords.json.generated); Ctrl-C stops it"; \
+	wait
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) $(KFP_VENV) runs data/store data/mlflow.db mlruns .pytest_cache .ruff_cache

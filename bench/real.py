@@ -49,6 +49,7 @@ from ablation import Row, _overrides, _row_cache, code_key  # noqa: E402
 from damnet.data import Stream, TileSet  # noqa: E402
 from damnet.evaluate import evaluate  # noqa: E402
 from damnet.models import ChangeNet, SegDiscriminator, preset  # noqa: E402
+from damnet.radiometry import Matched, band_histograms, matching_lut  # noqa: E402
 from damnet.select import score_region, select  # noqa: E402
 from damnet.tiling import TilingConfig, ingest, load_manifest  # noqa: E402
 from damnet.train import fit, mode_config  # noqa: E402
@@ -82,7 +83,7 @@ TARGETS = {
 class Plan:
     tile: int = 256
     source_steps: int = 1500
-    adapt_steps: int = 150  #: the adapt step's default (components/training.py)
+    adapt_steps: int = 150  #: the adapt step's default (components/step_options.py)
     finetune_steps: int = 100  #: the finetune step's default
     oracle_steps: int = 300
     batch: int = 8
@@ -93,6 +94,7 @@ class Plan:
     adapt: dict = field(default_factory=dict)  #: TrainConfig overrides of the adaptation
     finetune: dict = field(default_factory=dict)  #: ... of the MLFT rows
     select: dict = field(default_factory=dict)  #: keyword overrides of damnet.select.select
+    match_histograms: float = 0.0  #: the adapt step's --match-histograms (damnet.radiometry)
 
     @classmethod
     def quick(cls) -> Plan:
@@ -201,6 +203,10 @@ def run_target(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet, sr
     else:
         add(Row("source only", "0", [measure(src_model)], [src_s]))
 
+    base = baseline_rows(work, plan, source, src_model, key, pool, test, unlabelled, log)
+    if upto == "baselines":
+        return [rows["source only"], *base]
+
     if upto == "adapt":
         row = Row("adaptation", "0")
         for seed in range(plan.seeds):
@@ -208,7 +214,7 @@ def run_target(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet, sr
             row.metrics.append(measure(adapted))
             row.seconds.append(seconds)
         log(f"[{key}] adaptation: F1 {row.cell('f1')}  R {row.cell('recall')}")
-        return [rows["source only"], row]
+        return [rows["source only"], row, *base]
 
     names = ([f"MLFT ours {k}" for k in plan.budgets] + [f"MLFT random {k}" for k in plan.budgets]
              + ["MLFT 1 tile without change"])
@@ -267,7 +273,38 @@ def run_target(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet, sr
         add(Row(name, f"{len(pool)} (100 %)", [measure(oracle)], [time.time() - t]))
     order = ["source only", "adaptation", *names, "supervised fine-tune 10 %",
              "oracle (all pool labels)"]
-    return [rows[n] for n in order]
+    return [rows[n] for n in order] + base
+
+
+#: strengths of the radiometric matching rows (damnet.radiometry; 0 would be the plain model)
+MATCHING = (1.0, 0.5)
+
+
+def baseline_rows(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet, key: str, pool: TileSet,
+                  test: TileSet, unlabelled: TileSet, log) -> list[Row]:
+    """The cheap baselines: the source model and the adapted models reading the region through
+    per-date, per-band histogram matching to the source (tables from the pool's tiles; no
+    training). Cached apart from the other rows (inference only: minutes)."""
+    done = _row_cache(work, key, plan, extra=json.dumps(TARGETS[key].__dict__, default=str), stem="real-baselines")
+    src_h = band_histograms(source)
+    lut = {a: matching_lut(src_h, band_histograms(pool), a) for a in MATCHING}
+    out = []
+    for a in MATCHING:
+        for base in ("source", "adaptation"):
+            name = f"{base} + histogram matching {100 * a:.0f} %"
+            if name not in done:
+                row = Row(name, "0")
+                seeds = range(1) if base == "source" else range(plan.seeds)
+                for seed in seeds:
+                    t = time.time()
+                    model = src_model if base == "source" else adapted_model(
+                        work, plan, key, src_model, source, unlabelled, seed)[0]
+                    row.metrics.append(evaluate(Matched(model, lut[a]), test, batch_size=8, progress=False).as_dict())
+                    row.seconds.append(time.time() - t)
+                done.save(row)
+                log(f"[{key}] {name}: F1 {row.cell('f1')}  R {row.cell('recall')}")
+            out.append(done[name])
+    return out
 
 
 def adapted_model(work: Path, plan: Plan, key: str, src_model: ChangeNet, source: TileSet,
@@ -275,9 +312,10 @@ def adapted_model(work: Path, plan: Plan, key: str, src_model: ChangeNet, source
     """``src_model`` adapted to ``key``'s pool with seed ``seed`` (the adapt step's training), its
     discriminator's state and the seconds it took; cached by settings, tiles and code."""
     overrides = {"adv_ramp": max(1, plan.adapt_steps // 3), **plan.adapt}
+    matching = [plan.match_histograms] if plan.match_histograms else []  # (old caches keep their names)
     settings = json.dumps([plan.adapt_steps, plan.batch, plan.crop, plan.source_steps, seed, overrides,
                            load_manifest(unlabelled.region_uri)["version"],
-                           load_manifest(source.region_uri)["version"], code_key(*MODEL_CODE)],
+                           load_manifest(source.region_uri)["version"], code_key(*MODEL_CODE), *matching],
                           sort_keys=True)
     path = work / f"adapted-{key}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}.pt"
     adapted = copy.deepcopy(src_model)
@@ -286,6 +324,9 @@ def adapted_model(work: Path, plan: Plan, key: str, src_model: ChangeNet, source
         adapted.load_state_dict(state["model"])
         return adapted, state["disc"], float(state["seconds"])
     t = time.time()
+    if plan.match_histograms:  # what the adapt step does with --match-histograms
+        adapted.set_input_lut(matching_lut(band_histograms(source), band_histograms(unlabelled),
+                                           plan.match_histograms))
     res = _train(adapted, "adapt", plan, plan.adapt_steps, seed=seed, source=source, target=unlabelled,
                  **overrides)
     seconds = time.time() - t
@@ -362,12 +403,15 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-real", help="cache of regions, models and rows")
     ap.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     ap.add_argument("--json", default=None, help="write all rows here")
-    ap.add_argument("--upto", choices=("adapt", "oracle"), default="oracle",
-                    help="adapt: only the source-only and adaptation rows (a quick look at adaptation settings)")
+    ap.add_argument("--upto", choices=("baselines", "adapt", "oracle"), default="oracle",
+                    help="baselines: source-only and the radiometric matching rows (inference only, minutes); "
+                    "adapt: also the adaptation rows (a quick look at adaptation settings)")
     ap.add_argument("--adapt-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainConfig field of the adaptation (repeatable)")
     ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainConfig field of the MLFT rows (repeatable)")
+    ap.add_argument("--match-histograms", type=float, default=0.0,
+                    help="the adapt step's radiometric alignment strength (0: off, the default)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         print(f"{SHARED} is absent: the real-imagery benchmark needs ../shared/data beside the project")
@@ -376,6 +420,7 @@ def main() -> None:
     if args.seeds:
         plan.seeds = args.seeds
     plan.adapt, plan.finetune = _overrides(args.adapt_set), _overrides(args.finetune_set)
+    plan.match_histograms = args.match_histograms
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
 

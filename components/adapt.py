@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from components.inputs import model_input, source_training_tiles, tiles_of
-from components.records import Layout, StepError, input_of, output_folder, read_record, step_key
+from components.inputs import model_input, source_split_input, source_training_tiles, tiles_of
+from components.records import Layout, StepError, input_of, output_folder, read_record, step_key, upstream
 from components.step import RunOptions, run_step, up_to_date
 from components.training import (
     drop_checkpoint,
@@ -22,6 +22,7 @@ from components.training import (
 )
 from damnet import registry, storage
 from damnet.checkpoint import load_weights, save_state
+from damnet.radiometry import band_histograms, matching_lut
 from damnet.train import fit
 
 
@@ -34,13 +35,15 @@ def run(args: argparse.Namespace) -> None:
     model_ref = model_input(args.source_model)
     cfg = train_config(args, "adapt")
     inputs = {"tiles": input_of(target_record, "tiles"), "source_tiles": input_of(source_record, "tiles"),
-              "source_model": model_ref}
+              **source_split_input(source_layout), "source_model": model_ref}
     if args.use_pretrain:
-        pre = read_record(layout, "pretrain")
-        if pre is None:
+        if read_record(layout, "pretrain") is None:
             raise StepError(f"--use-pretrain: region {layout.region!r} has no pretrain step yet")
+        pre = upstream(layout, "pretrain")
         inputs["pretrain"] = input_of(pre, "encoder")
     params = {"train": key_params(cfg), "source_region": args.source_region}
+    if args.match_histograms > 0:  # (absent at 0: records made before the option stay up to date)
+        params["match_histograms"] = args.match_histograms
 
     def adapted(out_dir: str, on_log=None):
         """The model and fit result; every torchrun rank runs this with rank 0's out_dir, so a
@@ -48,6 +51,8 @@ def run(args: argparse.Namespace) -> None:
         model, _ = registry.load_model(model_ref["uri"])
         if "pretrain" in inputs:
             load_weights(model, inputs["pretrain"]["uri"], part="encoder")
+        if args.match_histograms > 0:
+            model.set_input_lut(matching_lut(band_histograms(source), band_histograms(target), args.match_histograms))
         return model, fit(model, cfg, source=stream(source, cfg, "source"), target=stream(target, cfg, "target"),
                           out_dir=storage.join(out_dir, "checkpoint"), on_log=on_log)
 

@@ -1,8 +1,12 @@
 """The ``damnet`` command: one sub-command per pipeline step.
 
-Errors in the user's input (``DamnetError``) print one ``error:`` line and exit with
-status 2; a candidate the promotion gate refuses exits with 3 (a verdict, not a failure);
-anything else is a bug and keeps its traceback.
+Errors in the user's input and faults of the infrastructure it names (``DamnetError``) print
+one ``error:`` line and exit with status 2 (a store path that cannot be used, credentials, a
+missing bucket, a device that is not there, ...); a service that does not answer (the S3
+endpoint, the MLflow server: ``damnet.errors.Unavailable``) exits with 75, which Airflow
+retries; a candidate the promotion gate refuses exits with 3 (a verdict, not a failure); Ctrl-C
+prints ``error: interrupted`` and exits with 130 (the step's lock released, its record
+untouched); anything else is a bug and keeps its traceback. docs/pipeline.md, "Errors".
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
+import warnings
 
-from components import spec
+from components import spec, tracking
 from damnet import __version__
-from damnet.errors import DamnetError
+from damnet.errors import DamnetError, StorageError
+from damnet.storage import is_s3, local_path
 from damnet.threads import ENV_VAR, ThreadsError, configure_threads, parse_threads
 
 #: sub-command -> module in this package
@@ -38,8 +45,36 @@ STEPS = {
     "rescore": "components.rescore",
     "scan": "components.scan",
     "labels-status": "components.labels_status",
+    "labels-push": "components.labels_push",
+    "labels-pull": "components.labels_pull",
     "demo": "components.demo",
 }
+
+#: Warnings of the libraries underneath that tell a damnet user nothing (``damnet -v`` shows them).
+QUIET_WARNINGS = (
+    (".*Add type hints to the .predict. method", UserWarning),  # MLflow: our pyfunc takes any dict on purpose
+    ("GitWildMatchPattern", DeprecationWarning),  # Airflow 3.3's DAG-file discovery (pathspec)
+    ("Using `httpx` with `starlette.testclient`", Warning),  # Airflow's in-process API under dag.test()
+    ("The HMAC key is", UserWarning),  # dag.test()'s in-process task tokens (Airflow's 16-byte secret)
+)
+
+
+def quiet_warnings() -> None:
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    # MLflow's log_model turns UserWarnings back on ("once", ahead of any filter): drop ours
+    # where they are shown as well.
+    show = warnings.showwarning
+
+    def show_unless_quiet(message, category, *args, **kwargs):
+        if not any(re.match(m, str(message)) and issubclass(category, c) for m, c in QUIET_WARNINGS):
+            show(message, category, *args, **kwargs)
+
+    warnings.showwarning = show_unless_quiet
+    # Airflow puts its own "default" filter for DeprecationWarning in airflow.* ahead of these
+    # unless Python was given -W options (airflow/configuration.py): say that we were.
+    if not sys.warnoptions:
+        sys.warnoptions.append("ignore::DeprecationWarning")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +104,22 @@ def _threads(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: exit status of a run stopped by Ctrl-C (SIGINT), as shells report it
+EXIT_INTERRUPTED = 130
+
+
+def check_store(store: str | None) -> None:
+    """Refuse a local ``--store`` that is a file before a step looks for records in it."""
+    if not store or is_s3(store):
+        return
+    path = local_path(store)
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"--store {store}: is a file, not a folder")
+    blocker = next((p for p in reversed(path.absolute().parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise StorageError(f"--store {store}: {blocker} is a file, not a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     # Pod logs and DAG task logs are not terminals: no MLflow download bars there.
     if not sys.stderr.isatty():
@@ -80,14 +131,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not args.verbose:  # MLflow's database set-up chatter is not news to the user
-        for name in ("mlflow", "alembic", "great_expectations"):
+        quiet_warnings()
+        for name in ("mlflow", "alembic", "great_expectations", "botocore", "rasterio"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
+        check_store(getattr(args, "store", None))
+        if getattr(args, "device", None):  # a device that is not there: refused before anything runs
+            from damnet.device import resolve_device  # (torch: after OMP_WAIT_POLICY is set)
+
+            resolve_device(args.device)
         configure_threads(args.threads)
         args._run(args)
     except DamnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
+        return exc.exit_code
+    except Exception as exc:  # an MLflow call deep in a step whose server stopped answering
+        unavailable = tracking.unavailable_from(exc)
+        if unavailable is None:
+            raise
+        print(f"error: {unavailable}", file=sys.stderr)
+        return unavailable.exit_code
+    except KeyboardInterrupt:
+        print(f"error: interrupted (damnet {args.step})", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

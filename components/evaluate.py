@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from components.inputs import micro_labels, model_input, source_holdout, tiles_of
+from components.inputs import micro_labels, model_input, source_holdout, source_split_input, tiles_of
 from components.records import Layout, StepError, StepInput, input_of, read_record, upstream, write_json
 from components.step import RunOptions, run_step
 from damnet import registry, storage
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> None:
         champion = previous["inputs"]["champion"]
     source = model_input(f"models:/{registry.SOURCE_MODEL}@{registry.CHAMPION}")
     inputs = {"candidate": input_of(finetune, "model"), "champion": champion, "source_model": source,
-              "labels": input_of(l_rec, "labels"), "tiles": input_of(t_rec, "tiles")}
+              "labels": input_of(l_rec, "labels"), "tiles": input_of(t_rec, "tiles"),
+              **(source_split_input(layout.of(args.source_region)) if holdout is not None else {})}
     # per_tile_audit: the gate needs each audit tile's confusion (records without it are stale).
     params = {"source_region": args.source_region, "threshold": 0.5, "per_tile_audit": True}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from components.inputs import micro_labels, source_training_tiles, tiles_of
+from components.inputs import micro_labels, source_split_input, source_training_tiles, tiles_of
 from components.records import Layout, StepError, input_of, upstream
 from components.step import RunOptions, run_step
 from components.training import (
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> None:
         raise StepError(f"region {layout.region!r}: the imported labels have no 'train' tiles to fine-tune on")
     cfg = train_config(args, "finetune", inherit=adapt["params"]["train"])
     inputs = {"tiles": input_of(t_rec, "tiles"), "source_tiles": input_of(s_rec, "tiles"),
+              **source_split_input(layout.of(args.source_region)),
               "adapted": input_of(adapt, "model"), "labels": input_of(l_rec, "labels")}
     params = {"train": key_params(cfg), "source_region": args.source_region}
 

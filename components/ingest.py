@@ -1,8 +1,9 @@
 """Check, co-register and tile a region's imagery into tiles and a tile manifest.
 
 Input: --imagery (default STORE/imagery/REGION), a folder or s3:// prefix with A/ B/
-[label/] (LEVIR style) or pre/ post/ [label/] (GeoTIFF pairs). Output:
-STORE/regions/REGION/tiles/manifest.json and tiles/<version>/...
+[label/] (LEVIR style) or pre/ post/ [label/] (GeoTIFF pairs). Output, in the step's key
+folder like every step's (the record, written last, is the one pointer to it):
+STORE/regions/REGION/ingest/<key>/manifest.json and tiles/<version>/...
 """
 
 from __future__ import annotations
@@ -35,15 +36,15 @@ def run(args: argparse.Namespace) -> None:
     inputs: dict[str, StepInput] = {"imagery": {"uri": imagery, "digest": tree_digest(imagery)}}
 
     def body(run):
-        manifest = ingest(imagery, layout.tiles, config)
-        print(summary(layout.tiles, manifest), flush=True)
+        manifest = ingest(imagery, run.out, config)
+        print(summary(run.out, manifest), flush=True)
         labelled = [t for t in manifest["tiles"] if t["change_fraction"] is not None]
-        run.outputs.update(tiles=layout.tiles, manifest=storage.join(layout.tiles, MANIFEST))
+        run.outputs.update(tiles=run.out, manifest=run.path(MANIFEST))
         run.metrics.update(tiles=len(manifest["tiles"]), pairs=len(manifest["pairs"]),
                            skipped=len(manifest["skipped"]), labelled_tiles=len(labelled))
         run.info.update(version=manifest["version"], notes=[n for p in manifest["pairs"] for n in p["notes"]],
                         skipped=manifest["skipped"])
-        run.artifact(storage.join(layout.tiles, MANIFEST))
+        run.artifact(run.path(MANIFEST))
 
     run_step("ingest", inputs, params, body, layout, RunOptions.from_args(args))
 

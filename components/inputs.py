@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import re
 
-from components.records import Layout, Record, StepError, StepInput, file_digest, read_json, read_record, upstream
+from components.records import (
+    Layout,
+    Record,
+    StepError,
+    StepInput,
+    file_digest,
+    input_of,
+    read_json,
+    read_record,
+    upstream,
+)
 from damnet import storage
 from damnet.data import TileSet
 
@@ -42,8 +52,20 @@ def source_holdout(layout: Layout) -> TileSet | None:
     return tiles.subset([i for i, t in enumerate(tiles.ids) if t in keep])
 
 
+def source_split_input(layout: Layout) -> dict[str, StepInput]:
+    """``{"source_split": ...}``: the source ``train`` record whose holdout split a step used
+    (:func:`source_training_tiles`, :func:`source_holdout`), or ``{}`` before the source trained."""
+    record = _split_record(layout)
+    return {} if record is None else {"source_split": input_of(record, "split")}
+
+
+def _split_record(layout: Layout) -> Record | None:
+    """The source region's current ``train`` record (checked: :func:`upstream`), if it has one."""
+    return None if read_record(layout, "train") is None else upstream(layout, "train")
+
+
 def _read_split(layout: Layout) -> dict | None:
-    record = read_record(layout, "train")
+    record = _split_record(layout)
     if record is None:
         return None
     return read_json(record["outputs"]["split"])

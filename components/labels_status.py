@@ -5,6 +5,12 @@ PNGs (``masks/``), and prints the URI of what it found. ``--json`` prints one JS
 ``{"region": ..., "inbox": ..., "labels": URI or null}``: what the fine-tune DAG's labels
 sensor reads. Always exits 0 when it could look; writes nothing, records nothing.
 
+With ``--pull`` and a Label Studio server configured (``LABEL_STUDIO_URL``,
+``LABEL_STUDIO_API_KEY``), an empty inbox is not the end: it asks the region's project how many
+tasks are done and, when all are, pulls the export into the inbox (``damnet labels-pull``);
+the JSON line then has ``"server": {"url", "project", "tasks", "done"}`` too. Without a server,
+``--pull`` changes nothing (the file drop). A server that cannot be reached exits 75.
+
 Cheap on purpose (the sensor runs it every few minutes): ``python -m components.labels_status``
 imports only the store layout, not the other steps.
 """
@@ -34,6 +40,15 @@ def labels_present(layout: Layout) -> str | None:
 def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     found = labels_present(layout)
+    if not found and args.pull:
+        from damnet.labelstudio import Server
+
+        server = Server.from_env()
+        if server is not None:
+            from components.labels_pull import pull, report
+
+            report(layout, server, pull(layout, server), args.json)
+            return
     if args.json:
         print(json.dumps({"region": layout.region, "inbox": layout.inbox, "labels": found}))
     elif found:
@@ -44,9 +59,15 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``damnet labels-status`` without loading every step's module (see the module's doc)."""
+    from damnet.errors import DamnetError
+
     parser = argparse.ArgumentParser(prog="damnet labels-status", description=__doc__)
     spec.add_arguments(parser, "labels-status")
-    run(parser.parse_args(argv))
+    try:
+        run(parser.parse_args(argv))
+    except DamnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

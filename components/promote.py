@@ -26,13 +26,13 @@ import mlflow
 from components.records import Layout, input_of, read_json, upstream, write_json
 from components.step import RunOptions, run_step
 from damnet import registry
-from damnet.errors import DamnetError
+from damnet.errors import EXIT_REJECTED, DamnetError
 
 
 class PromotionRejected(DamnetError):
     """The candidate did not pass the gate; nothing was promoted (exit status 3)."""
 
-    exit_code = 3
+    exit_code = EXIT_REJECTED
 
 
 def gate_inputs(metrics: dict) -> tuple[dict, dict | None, float | None]:

@@ -34,12 +34,18 @@ class StepError(DamnetError):
     """A step cannot run: a missing upstream step, a bad argument."""
 
 
+class StaleRecord(StepError):
+    """An upstream record was made from a record of its own upstream that has been replaced since."""
+
+
 class StepInput(TypedDict):
     """One input of a step: where it is and what identifies its content."""
 
     uri: str
     digest: str  #: content hash, an upstream record's key or a registry NAME/VERSION
     requested: NotRequired[str]  #: a registry reference as given, before it was pinned
+    step: NotRequired[str]  #: the upstream step whose record key ``digest`` is (:func:`input_of`)
+    region: NotRequired[str]  #: that step's region
 
 
 @dataclass(frozen=True)
@@ -54,10 +60,6 @@ class Layout:
     @property
     def region_uri(self) -> str:
         return storage.join(self.store, "regions", self.region)
-
-    @property
-    def tiles(self) -> str:
-        return storage.join(self.region_uri, "tiles")
 
     @property
     def imagery(self) -> str:
@@ -90,26 +92,100 @@ def read_record(layout: Layout, step: str) -> Record | None:
 
 
 def upstream(layout: Layout, step: str, hint: str | None = None) -> Record:
-    """The record of a step this one depends on; a clear error if it has not run."""
+    """The record of a step this one depends on; a clear error if it has not run, or if it (or
+    any record it was made from, transitively) was made from a record that has been replaced
+    since (:func:`check_current`)."""
     record = read_record(layout, step)
     if record is None:
         raise StepError(f"region {layout.region!r}: step {step!r} has not run yet in {layout.store} "
                         f"({hint or f'run: damnet {step} --region {layout.region}'})")
-    made_from = record.get("inputs", {}).get("tiles", {}).get("digest")
-    if step != "ingest" and made_from is not None:
-        ingest = read_record(layout, "ingest")
-        if ingest is not None and ingest["key"] != made_from:
-            # A re-ingested region under older steps: mixing them would pair tiles, models and
-            # labels of two different versions of the region.
-            raise StepError(f"region {layout.region!r}: the {step!r} record was made from an earlier "
-                            f"ingest of the region (tiles {made_from}, now {ingest['key']}); "
-                            f"re-run {step} first: damnet {step} --region {layout.region}")
+    check_current(layout, record)
     return record
 
 
+def input_step(layout: Layout, item: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(region, step) whose record key ``item``'s digest is, or None for an input that is no
+    step record (a content digest of files, a registry model pinned to its version).
+
+    Records written before inputs named their step are read from the output's URI:
+    ``STORE/regions/<region>/<step>/<key>[-suffix]/...``, or the ingest's former
+    ``STORE/regions/<region>/tiles``."""
+    if "step" in item:
+        return item.get("region", layout.region), item["step"]
+    prefix = storage.join(layout.store, "regions").rstrip("/") + "/"
+    uri = item.get("uri", "")
+    if not isinstance(uri, str) or not uri.startswith(prefix):
+        return None
+    parts = uri[len(prefix):].split("/")
+    if len(parts) >= 2 and parts[1] == "tiles":
+        return parts[0], "ingest"
+    if len(parts) >= 3 and parts[1] != "steps" and parts[2].startswith(str(item.get("digest"))):
+        return parts[0], parts[1]
+    return None
+
+
+def check_current(layout: Layout, record: Record) -> None:
+    """Raise :class:`StaleRecord` unless every step input of ``record`` is the current record
+    of that step, and so on up the graph (each record read once). When several records are
+    stale, the error names the one to re-run first (none of its own upstream is stale).
+
+    Inputs that are no step records (content digests, pinned registry versions) identify
+    their content themselves and are not followed."""
+    edges: dict[tuple[str, str], list[tuple[str, str]]] = {}  #: record -> the records it was made from
+    stale: list[tuple[Record, str, Mapping[str, Any], str, str, Record | None]] = []
+    todo = [record]
+    while todo:
+        rec = todo.pop(0)
+        here = layout.of(rec.get("region", layout.region))
+        node = (here.region, rec["step"])
+        if node in edges:
+            continue
+        edges[node] = []
+        for name, item in sorted(rec.get("inputs", {}).items()):
+            edge = input_step(here, item) if isinstance(item, dict) else None
+            if edge is None:
+                continue
+            edges[node].append(edge)
+            current = read_record(layout.of(edge[0]), edge[1])
+            if current is None or current["key"] != item["digest"]:
+                stale.append((rec, name, item, *edge, current))
+            if current is not None:
+                todo.append(current)
+    if not stale:
+        return
+    bad = {(r.get("region", layout.region), r["step"]) for r, *_ in stale}
+
+    def upstream_of(node: tuple[str, str]) -> set[tuple[str, str]]:
+        seen: set[tuple[str, str]] = set()
+        work = list(edges.get(node, []))
+        while work:
+            n = work.pop()
+            if n not in seen:
+                seen.add(n)
+                work.extend(edges.get(n, []))
+        return seen
+
+    first = next((s for s in stale if not upstream_of((s[0].get("region", layout.region), s[0]["step"])) & bad),
+                 stale[0])
+    raise StaleRecord(_stale_message(layout, *first))
+
+
+def _stale_message(layout: Layout, rec: Record, name: str, item: Mapping[str, Any], region: str, step: str,
+                   current: Record | None) -> str:
+    where = "" if region == rec.get("region", layout.region) else f" of region {region!r}"
+    now = "has no record now" if current is None else f"is now key {current['key']}"
+    stale_region = rec.get("region", layout.region)
+    return (f"region {stale_region!r}: the {rec['step']!r} record (key {rec['key']}) was made from the "
+            f"{step!r} record{where} key {item['digest']} (input {name!r}), but {step!r}{where} {now}; "
+            f"re-run {rec['step']} first (then the steps after it): "
+            f"damnet {rec['step']} --region {stale_region}")
+
+
 def input_of(record: Record, output: str) -> StepInput:
-    """The ``output`` of an upstream step as an input: its URI, identified by the record's key."""
-    return {"uri": record["outputs"][output], "digest": record["key"]}
+    """The ``output`` of an upstream step as an input: its URI, identified by the record's key
+    (and the step and region it comes from, so later steps can check it is still current)."""
+    return {"uri": record["outputs"][output], "digest": record["key"], "step": record["step"],
+            "region": record["region"]}
 
 
 def write_json(uri: str, data: Any) -> None:

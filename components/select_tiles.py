@@ -35,15 +35,11 @@ def run(args: argparse.Namespace) -> None:
     inputs = {"tiles": input_of(t_rec, "tiles"), "model": input_of(adapt, "model")}
     if args.reference == "source":
         inputs["reference"] = adapt["inputs"]["source_model"]
-    n_audit = audit_count(args.audit, len(tiles), args.min_audit)
+    n_audit = check_counts(args, len(tiles), layout.region)
     params = {"budget": args.budget, "audit": args.audit, "selector": args.selector,
               "mc_samples": args.mc_samples, "seed": args.seed}
     if args.audit < 1:  # the floor changes a share's audit set (an exact count keeps its key)
         params["min_audit"] = args.min_audit
-    n = budget_count(args.budget, len(tiles))
-    if n > max(1, args.max_label_share * len(tiles)):
-        raise StepError(f"a budget of {n} tile(s) is {n / len(tiles):.1%} of region {layout.region!r} "
-                        f"({len(tiles)} tiles), above --max-label-share {args.max_label_share:.1%}")
 
     def body(run):
         model, _ = registry.load_model(adapt["outputs"]["model"])
@@ -73,6 +69,27 @@ def run(args: argparse.Namespace) -> None:
               "for evaluation only")
 
     run_step("select", inputs, params, body, layout, RunOptions.from_args(args))
+
+
+def check_counts(args: argparse.Namespace, n_tiles: int, region: str) -> int:
+    """The number of audit tiles, after refusing what the region cannot give: a label budget or
+    audit count (>= 1: a number of tiles) above its tiles, a budget above --max-label-share,
+    and budget and audit set together taking more tiles than there are."""
+    budget, audit = args.budget, args.audit
+    if n_tiles == 0:
+        raise StepError(f"region {region!r} has no tiles to select from (see its ingest)")
+    for flag, value in (("--budget", budget), ("--audit", audit)):
+        if value >= 1 and value > n_tiles:
+            raise StepError(f"{flag} {value:g}: region {region!r} has only {n_tiles} tile(s); give a count "
+                            f"up to {n_tiles} or a share (< 1) of the region")
+    n, n_audit = budget_count(budget, n_tiles), audit_count(audit, n_tiles, args.min_audit)
+    if n > max(1, args.max_label_share * n_tiles):
+        raise StepError(f"a budget of {n} tile(s) is {n / n_tiles:.1%} of region {region!r} "
+                        f"({n_tiles} tiles), above --max-label-share {args.max_label_share:.1%}")
+    if n + n_audit > n_tiles:
+        raise StepError(f"--budget {budget:g} and --audit {audit:g}: {n} + {n_audit} tiles, more than the "
+                        f"{n_tiles} tile(s) of region {region!r}")
+    return n_audit
 
 
 def plot_selection(sel, uri: str) -> None:

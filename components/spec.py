@@ -40,9 +40,6 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 MODEL_PATTERN = r"^models:/[A-Za-z0-9._-]+(@[A-Za-z0-9_-]+|/[0-9]+)$|^(s3://|/)[A-Za-z0-9._/=+-]+\.pt$"
 URI_PATTERN = r"^$|^(s3://[a-z0-9][a-z0-9.-]{1,62}/|/)[A-Za-z0-9._/+=-]*$"
 DEFAULT_STORE = "runs/store"
-#: exit status of a step refusing its input (no retry helps) and of a refused candidate (a verdict)
-EXIT_BAD_INPUT = 2
-EXIT_REJECTED = 3
 IMAGES = {"cpu": f"ghcr.io/damnet-ops/damnet:{__version__}", "gpu": f"ghcr.io/damnet-ops/damnet:{__version__}-cuda"}
 #: pod (requests, limits) per kind of step, in Airflow's kubernetes mode and in Kubeflow
 RESOURCES = {"cpu": ({"cpu": "1", "memory": "4Gi"}, {"cpu": "2", "memory": "8Gi"}),

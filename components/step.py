@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components import tracking
-from components.locking import step_lock
+from components.locking import HeldLock, step_lock
 from components.records import (
     RECORD_FORMAT,
     Layout,
@@ -108,12 +108,12 @@ def run_step(name: str, inputs: Mapping[str, StepInput], params: dict, body: Cal
     ``inputs``: name -> :class:`~components.records.StepInput` (URI and content hash, or the
     upstream record's key: :func:`~components.records.input_of`). Returns the step record.
     """
-    with step_lock(layout, name, options.run_group, options.break_lock):
-        return _run_step(name, inputs, params, body, layout, options)
+    with step_lock(layout, name, options.run_group, options.break_lock) as lock:
+        return _run_step(name, inputs, params, body, layout, options, lock)
 
 
 def _run_step(name: str, inputs: Mapping[str, StepInput], params: dict, body: Callable[[StepRun], None],
-              layout: Layout, options: RunOptions) -> Record:
+              layout: Layout, options: RunOptions, lock: HeldLock) -> Record:
     key = step_key(name, inputs, params)
     current = read_record(layout, name)
     previous = _finished(current, key, options.force)
@@ -121,7 +121,9 @@ def _run_step(name: str, inputs: Mapping[str, StepInput], params: dict, body: Ca
         print(f"[{layout.region}] {name}: up to date (key {key}), nothing to do", flush=True)
         return previous
 
-    run = StepRun(name, layout, key, output_folder(layout, name, key, current))
+    # A run that broke the lock of a run that may still be going writes to a folder of its own.
+    out = layout.step_dir(name, f"{key}-{lock.token}") if lock.broken else output_folder(layout, name, key, current)
+    run = StepRun(name, layout, key, out)
     started = time.time()
     print(f"[{layout.region}] {name}: running (key {key}) ...", flush=True)
     with tracking.mlflow_step_run(layout, name, options.run_group, {"damnet.key": key}) as mlrun:
@@ -137,6 +139,7 @@ def _run_step(name: str, inputs: Mapping[str, StepInput], params: dict, body: Ca
         if run.metrics:
             tracking.log_metrics(run.metrics)
         tracking.log_artifacts([(run.path("record.json"), None), *run.artifacts])
+        lock.check()  # only a run that still holds its lock commits
         tracking.set_outcome("done")
         # The commit point: downstream steps and re-runs read this record.
         storage.storage_for(layout.record_uri(name)).put_text(layout.record_uri(name), text)

@@ -144,6 +144,10 @@ def _adapt() -> list[Opt]:
     return [
         *common(), source_model("registry URI or model file of the model to adapt"), source_region(),
         Opt("--use-pretrain", "bool", False, "start the encoder from this region's pretrain step (MAE)"),
+        Opt("--match-histograms", "float", 0.0, "radiometric alignment: the adapted model (and the candidate "
+            "fine-tuned from it) reads the region through per-date, per-band histogram matching to the source "
+            "tiles, blended with the identity at this strength (0: off; see docs/benchmarks.md)",
+            minimum=0, maximum=1, tunable=True),
         *training_options("adapt"),
 ]
 
@@ -311,7 +315,32 @@ def _labels_status() -> list[Opt]:
         _store_option(),
         Opt("--region", required=True, pattern=REGION_PATTERN, help="region name"),
         Opt("--json", "switch", False, "print the status as one JSON line"),
+        Opt("--pull", "switch", False, "with a Label Studio server configured (LABEL_STUDIO_URL, "
+            "LABEL_STUDIO_API_KEY) and an empty inbox: ask it how many tasks are done and pull the export "
+            "into the inbox when all are (the fine-tune DAG's labels wait)"),
     ]
+
+
+def _label_studio(push: bool) -> list[Opt]:
+    """labels-push / labels-pull: the region's tasks to and from a Label Studio server."""
+    opts = [
+        _store_option(),
+        Opt("--region", required=True, pattern=REGION_PATTERN, help="region name"),
+        Opt("--run-group", default="manual", env="DAMNET_RUN_GROUP", help="the pipeline run this is part of"),
+        Opt("--json", "switch", False, "print the result as one JSON line, last"),
+    ]
+    if push:
+        return opts + [
+            Opt("--images", default="auto", choices=("auto", "upload", "s3", "as-exported"),
+                help="how Label Studio gets the images: upload them through its API, an S3 source storage "
+                "on the store (s3:// stores), or the URLs export-labels wrote; auto: s3 for an s3:// store"),
+            Opt("--s3-credentials", default="server", choices=("server", "store"),
+                help="--images s3: Label Studio reads the bucket with its own AWS credentials (server), or "
+                "with this environment's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, stored in its database"),
+            Opt("--s3-endpoint", default="", env="DAMNET_S3_ENDPOINT_URL",
+                help="--images s3: the S3 endpoint Label Studio uses (env DAMNET_S3_ENDPOINT_URL; empty: AWS)"),
+        ]
+    return opts + [Opt("--partial", "switch", False, "pull the annotated tasks even if not all are done")]
 
 
 def _store_option() -> Opt:
@@ -338,5 +367,7 @@ STEP_OPTIONS: dict[str, Callable[[], list[Opt]]] = {
     "rescore": _rescore,
     "scan": _scan,
     "labels-status": _labels_status,
+    "labels-push": lambda: _label_studio(push=True),
+    "labels-pull": lambda: _label_studio(push=False),
     "demo": _demo_options,
 }

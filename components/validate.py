@@ -41,9 +41,6 @@ def run(args: argparse.Namespace) -> None:
     def body(run):
         report = validate_region(ingest["outputs"]["tiles"], run.out, config,
                                  source_uri=source["outputs"]["tiles"] if source else None)
-        write_json(layout.latest_validation, {
-            "success": report.success, "report": report.paths["report"], "data_docs": report.paths["data_docs"],
-            "key": run.key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         run.outputs.update(report=report.paths["report"], data_docs=report.paths["data_docs"],
                            tiles_csv=report.paths["tiles"])
         stats = {k: v for k, v in report.statistics.items() if isinstance(v, int | float)}
@@ -53,9 +50,18 @@ def run(args: argparse.Namespace) -> None:
                 run.metrics[f"domain_{k}"] = v
         docs = run.path("data_docs")
         if not report.success:  # keep the evidence with the failed run, then stop the pipeline
+            _latest(layout, False, report.paths["report"], report.paths["data_docs"], run.key)
             log_artifacts([(docs, "data_docs"), (report.paths["report"], None)])
             raise ValidationFailed(report)
         run.artifact(docs, "data_docs")
         run.artifact(report.paths["report"])
 
-    run_step("validate", inputs, params, body, layout, RunOptions.from_args(args))
+    record = run_step("validate", inputs, params, body, layout, RunOptions.from_args(args))
+    # A passed run points latest.json at its report only once its record is committed.
+    _latest(layout, True, record["outputs"]["report"], record["outputs"]["data_docs"], record["key"])
+
+
+def _latest(layout: Layout, success: bool, report: str, data_docs: str, key: str) -> None:
+    write_json(layout.latest_validation, {
+        "success": success, "report": report, "data_docs": data_docs, "key": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

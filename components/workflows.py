@@ -16,8 +16,6 @@ from typing import Any
 
 from components.spec import (
     DEFAULT_STORE,
-    EXIT_BAD_INPUT,
-    EXIT_REJECTED,
     GPU_STEPS,
     IMAGES,
     MODEL_PATTERN,
@@ -31,6 +29,7 @@ from components.spec import (
     options,
 )
 from components.step_options import DEFAULT_STEPS, PROFILE_STEPS
+from damnet.errors import EXIT_BAD_INPUT, EXIT_REJECTED, EXIT_UNAVAILABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_JSON = ROOT / "dags" / "damnet_ops" / "workflows.json"
@@ -79,6 +78,7 @@ WORKFLOWS: dict[str, list[Exposed]] = {
         Exposed("match_gsd", "--match-gsd", ("adapt",), section="Adaptation"),
         Exposed("lambda_adv", "--lambda-adv", ("adapt",), section="Adaptation"),
         Exposed("entropy_weight", "--entropy-weight", ("adapt",), section="Adaptation"),
+        Exposed("match_histograms", "--match-histograms", ("adapt",), section="Adaptation"),
         Exposed("imagery", "--imagery", ("ingest",), section=_I, default="", schema={"pattern": URI_PATTERN}),
         Exposed("tile_size", "--tile-size", ("ingest",), section=_I),
         Exposed("bands", "--bands", ("ingest",), section=_I),
@@ -130,7 +130,7 @@ def workflows() -> dict[str, Any]:
         "region_pattern": REGION_PATTERN, "default_store": DEFAULT_STORE, "profiles": PROFILES,
         "gpu_steps": list(GPU_STEPS),
         "images": IMAGES, "resources": RESOURCES,
-        "exit_codes": {"bad_input": EXIT_BAD_INPUT, "rejected": EXIT_REJECTED},
+        "exit_codes": {"bad_input": EXIT_BAD_INPUT, "rejected": EXIT_REJECTED, "unavailable": EXIT_UNAVAILABLE},
         "workflows": {},
     }
     for name, exposed in WORKFLOWS.items():

@@ -7,6 +7,8 @@ importing the training engine.
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,10 +21,41 @@ from damnet.models import ChangeNet
 CHECKPOINT = "checkpoint.pt"  #: the file name of a training run's checkpoint in its output folder
 
 
+class CheckpointError(DamnetError):
+    """A model, weight or checkpoint file that cannot be read (safely)."""
+
+
+def unreadable(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words a user can act on.
+
+    torch's own message is several lines and ends by suggesting ``weights_only=False``, which
+    would run whatever code the file holds: never passed on.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and ("Unsupported global" in text or "GLOBAL" in text):
+        return ("it holds Python objects besides tensors and plain data, and model files are read "
+                "without running code stored in them")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return "damaged, truncated, or not a torch file"
+
+
+def read_state(path: str | Path, name: str | None = None) -> Any:
+    """``torch.load`` of a local file with ``weights_only=True``; a :class:`CheckpointError` naming
+    ``name`` (default: the path) if it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises, the file is the user's input
+        raise CheckpointError(f"{name or path}: not a readable checkpoint ({unreadable(exc)})") from None
+
+
 def load_checkpoint(uri: str) -> dict[str, Any]:
     """A checkpoint written by :func:`damnet.train.fit` (tensors and plain data only; no pickled code)."""
     with storage.local_copy(uri) as path:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state(path, uri)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{uri}: not a checkpoint or state dict (holds a {type(state).__name__})")
+    return state
 
 
 def save_state(uri: str, state: dict[str, Any]) -> None:

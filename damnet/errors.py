@@ -6,9 +6,16 @@ line instead of a stack trace.
 
 from __future__ import annotations
 
+#: exit statuses of the ``damnet`` command (docs/pipeline.md, "Errors"): the input is wrong (no
+#: retry helps), the promotion gate refused the candidate (a verdict, not a failure)
+EXIT_BAD_INPUT = 2
+EXIT_REJECTED = 3
+
 
 class DamnetError(Exception):
     """Base class for errors that are the user's input, not a bug."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class ImageryError(DamnetError):
@@ -43,3 +50,19 @@ class UnknownTiles(DamnetError, KeyError):
 
 class StorageError(DamnetError):
     """A storage URI is malformed, missing or cannot be written."""
+
+
+#: exit status of a fault that may pass: EX_TEMPFAIL of sysexits.h. Airflow retries it (a step
+#: that exits 2 is not retried: its input is wrong), as a Kubernetes Job's backoff does.
+EXIT_UNAVAILABLE = 75
+
+
+class Unavailable(DamnetError):
+    """A service the step needs (the S3 endpoint, the MLflow tracking server) did not answer in
+    the time allowed: trying again later may succeed (exit status :data:`EXIT_UNAVAILABLE`)."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class StorageUnavailable(StorageError, Unavailable):
+    """The store's S3 endpoint did not answer (or answered "try later": 500, 503, SlowDown)."""

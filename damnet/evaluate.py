@@ -8,6 +8,7 @@ from damnet.data import TileSet
 from damnet.device import resolve_device
 from damnet.metrics import Confusion, ScoreHistogram
 from damnet.models import ChangeNet
+from damnet.progress import Progress
 
 
 @torch.no_grad()
@@ -28,8 +29,6 @@ def evaluate(model: ChangeNet, tiles: TileSet, batch_size: int = 8, threshold: f
     With ``per_tile``, each tile's own confusion matrix is stored in it under its tile id
     (what :func:`damnet.metrics.bootstrap_f1` resamples).
     """
-    from tqdm.auto import tqdm
-
     if not tiles.has_labels():
         raise ValueError(f"{tiles.region_uri}: evaluation needs labelled tiles")
     dev = resolve_device(device)
@@ -37,15 +36,17 @@ def evaluate(model: ChangeNet, tiles: TileSet, batch_size: int = 8, threshold: f
     conf = Confusion()
     ids = tiles.ids if per_tile is not None else []
     batches = tiles.iter_batches(batch_size)
-    for b in tqdm(batches, total=-(-len(tiles) // batch_size), desc="evaluate", unit="batch",
-                  leave=False, disable=None if progress is None else not progress):
+    for b in Progress(batches, total=-(-len(tiles) // batch_size), desc="evaluate", unit="batch",
+                      leave=False, enabled=progress):
         b = b.to(dev)
         prob = change_probability(model, b.pre, b.post)
         pred = prob >= threshold
-        conf.update(pred, b.label, b.valid)
+        label = b.label
+        assert label is not None  # has_labels() above
+        conf.update(pred, label, b.valid)
         if per_tile is not None:
             for j, i in enumerate(b.index.tolist()):
-                per_tile[ids[i]] = Confusion().update(pred[j], b.label[j], b.valid[j])
+                per_tile[ids[i]] = Confusion().update(pred[j], label[j], b.valid[j])
         if histogram is not None:
             histogram.update(prob, b.label, b.valid)
     return conf

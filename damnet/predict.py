@@ -80,6 +80,7 @@ from rasterio.windows import Window
 from damnet import storage
 from damnet.device import resolve_device
 from damnet.imagery import OpenPair, check_region, opened
+from damnet.progress import Progress
 from damnet.tiling import window_starts  # the tiler's rule: last window ends at the edge
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,6 @@ def probability_strips(
     (B, 2, th, tw) logits; windows without any valid pixel are not run. ``stats``, when
     given, receives ``windows`` (all) and ``windows_run``.
     """
-    from tqdm.auto import tqdm
-
     from damnet.evaluate import change_probability
 
     _check_settings(tile, overlap, batch_size)
@@ -228,8 +227,8 @@ def probability_strips(
             yield from acc.add(r, c, prob, weights * valid)
 
     batch: list = []
-    with tqdm(offsets, desc=f"predict {pair.files.name}", unit="window", leave=False,
-              disable=None if progress is None else not progress) as bar:
+    with Progress(offsets, desc=f"predict {pair.files.name}", unit="window", leave=False,
+                  enabled=progress) as bar:
         for r, c in bar:
             pre, post, valid, _ = pair.read(Window(col0 + c, row0 + r, tile_w, tile_h))
             if not valid.any():

@@ -8,8 +8,11 @@ In the registry, each model version is an MLflow *pyfunc from code*
 (:mod:`damnet.mlflow_model`): the model file is an artifact and the code is a plain Python
 file, so nothing is unpickled when it loads, and it takes any input size divisible by 32
 (MLflow 3's default ``pt2`` export would fix the input shape). There is one registered
-model per region (``damnet-<region>``) plus the source model (``damnet-source``); aliases
-``champion`` (serving) and ``challenger`` (the latest candidate).
+model per region (``damnet-<region>``) plus the source model (``damnet-source``). Aliases, one
+rule (:func:`set_aliases`): ``champion`` is the version in service (moved only by a
+promotion); ``challenger`` is the newest candidate the gate refused, while it is newer than
+the champion: a promotion removes it. Every version also carries its verdict and reasons as
+tags (``damnet.decision``, ``damnet.reasons``).
 
 :func:`gate` is the promotion rule, a pure function of the metrics, so it is tested alone:
 the candidate must be *shown* to beat the champion on the audit tiles (the lower bound of a
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 
 from damnet import storage
+from damnet.checkpoint import unreadable
 from damnet.errors import DamnetError
 from damnet.metrics import Interval, bootstrap_f1, bootstrap_f1_difference, confusion_counts
 from damnet.models import ChangeNet, ModelConfig
@@ -63,7 +67,7 @@ def load_model_file(path: str | Path) -> tuple[ChangeNet, dict]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
-        raise ModelError(f"{path}: not a readable model file ({type(exc).__name__}: {exc})") from None
+        raise ModelError(f"{path}: not a readable model file ({unreadable(exc)})") from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise ModelError(f"{path}: not a DAM-Net model file (no model / model_config entries)")
     try:
@@ -282,13 +286,36 @@ def gate(candidate: dict, champion: dict | None, reference_source_f1: float | No
 
 
 def record_decision(client, name: str, version: str, decision: Decision) -> None:
-    """Tag the version with the decision; set ``challenger``; move ``champion`` if it passed."""
+    """Tag the version with the decision, then set the aliases (:func:`set_aliases`)."""
     client.set_model_version_tag(name, version, "damnet.decision",
                                  "promoted" if decision.promote else "rejected")
     client.set_model_version_tag(name, version, "damnet.reasons", "; ".join(decision.reasons)[:4900])
     for key, value in decision.tags().items():
         client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    if decision.promote:
+    set_aliases(client, name, version, decision.promote)
+
+
+def set_aliases(client, name: str, version: str, promote: bool) -> None:
+    """A promoted ``version`` becomes ``champion`` and no ``challenger`` is left (the candidate
+    it named lost to this one or is this one); a refused one becomes ``challenger`` and the
+    champion stays. Idempotent: a retry re-applies a recorded decision."""
+    if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
+        if alias_version(client, name, CHALLENGER) is not None:
+            client.delete_registered_model_alias(name, CHALLENGER)
         log.info("%s version %s is now %s", name, version, CHAMPION)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+
+
+def version_tagged(client, name: str, tag: str, value: str):
+    """The newest version of ``name`` whose tag ``tag`` is ``value``, or None (also when the
+    registered model does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    found = [mv for mv in versions if mv.tags.get(tag) == value]
+    return max(found, key=lambda mv: int(mv.version)) if found else None

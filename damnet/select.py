@@ -46,6 +46,7 @@ import torch
 from damnet.data import TileSet
 from damnet.device import resolve_device
 from damnet.models import ChangeNet
+from damnet.progress import Progress
 
 SELECTORS = ("random", "entropy", "margin", "mutual_info", "kcenter", "combined")
 DEFAULT_BUDGET = 0.003
@@ -92,8 +93,6 @@ def score_region(model: ChangeNet, tiles: TileSet, batch_size: int = 8, mc_sampl
     ``reference``: a second model (the source model ``model`` was adapted from) run on the
     same batches; its disagreement with ``model`` is kept per tile.
     """
-    from tqdm.auto import tqdm
-
     if len(tiles) == 0:
         raise ValueError("there are no tiles to score")
     dev = resolve_device(device)
@@ -103,8 +102,8 @@ def score_region(model: ChangeNet, tiles: TileSet, batch_size: int = 8, mc_sampl
     out: dict[str, list] = {"entropy": [], "margin": [], "mi": [], "change": [], "feat": [],
                             "dis": []}
     batches = tiles.iter_batches(batch_size)
-    for b in tqdm(batches, total=-(-len(tiles) // batch_size), desc="score tiles", unit="batch",
-                  leave=False, disable=None if progress is None else not progress):
+    for b in Progress(batches, total=-(-len(tiles) // batch_size), desc="score tiles", unit="batch",
+                      leave=False, enabled=progress):
         b = b.to(dev)
         logits, pooled = model.embed(b.pre, b.post)
         p = logits.float().softmax(1)

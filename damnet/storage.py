@@ -9,11 +9,20 @@ S3 works against any S3 API (AWS, MinIO, a local moto server): the endpoint come
 ``endpoint_url`` argument, else ``DAMNET_S3_ENDPOINT_URL``, else boto3's own
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``. Credentials come only from the environment
 (or whatever boto3's default chain finds, e.g. a pod's service account).
+
+Faults of the store itself (no S3 credentials, an endpoint that does not answer, a missing
+bucket, access denied, a local path under a file or not writable) are raised as one
+:class:`~damnet.errors.StorageError` naming the URI and what to check (an endpoint that does not
+answer: :class:`~damnet.errors.StorageUnavailable`, exit 75, worth a retry). S3 calls give up after
+``DAMNET_S3_MAX_ATTEMPTS`` attempts (default 3) with a connect timeout of
+``DAMNET_S3_CONNECT_TIMEOUT`` seconds (default 5) and a read timeout of
+``DAMNET_S3_READ_TIMEOUT`` seconds (default 60), so an unreachable store fails in seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -23,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from damnet.errors import StorageError
+from damnet.errors import StorageError, StorageUnavailable
 
 #: Temporary objects of unfinished S3 writes live under this prefix of the same bucket,
 #: never next to the final key, so a crash cannot leave something a reader would pick up.
@@ -39,6 +48,33 @@ def _umask() -> int:
 
 #: mkstemp creates files readable by the owner only; finished files get the usual mode.
 _FILE_MODE = 0o666 & ~_umask()
+
+
+def _local_problem(uri: str, exc: OSError) -> str:
+    """What an OSError of creating ``uri`` (or its folders) means, in words a user can act on."""
+    path = local_path(uri).absolute()
+    above = list(reversed(path.parents))
+    blocker = next((p for p in above if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return f"{uri}: cannot store it: {blocker} is a file, not a folder"
+    existing = next((p for p in reversed(above) if p.exists()), Path("/"))
+    if exc.errno == errno.EROFS:
+        return f"{uri}: cannot store it: {existing} is on a read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"{uri}: cannot store it: {existing} is not writable (permission denied); "
+                "check the store path and its permissions")
+    if exc.errno == errno.ENOSPC:
+        return f"{uri}: cannot store it: no space left on the device of {existing}"
+    return f"{uri}: cannot store it: {exc.strerror or exc}"
+
+
+@contextlib.contextmanager
+def _local_faults(uri: str) -> Iterator[None]:
+    """OSErrors of creating folders and files for ``uri`` as one :class:`StorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(_local_problem(uri, exc)) from exc
 
 
 def is_s3(uri: str) -> bool:
@@ -170,9 +206,14 @@ class LocalStorage(Storage):
         )
 
     def delete(self, uri: str) -> None:
-        local_path(uri).unlink(missing_ok=True)
+        with _local_faults(uri):
+            local_path(uri).unlink(missing_ok=True)
 
     def create_exclusive(self, uri: str, data: bytes) -> bool:
+        with _local_faults(uri):
+            return self._create_exclusive(uri, data)
+
+    def _create_exclusive(self, uri: str, data: bytes) -> bool:
         final = local_path(uri)
         final.parent.mkdir(parents=True, exist_ok=True)
         # written whole under a temporary name, then hard-linked: link() fails if the name
@@ -202,16 +243,18 @@ class LocalStorage(Storage):
         final = local_path(uri)
         if final.is_dir():
             raise StorageError(f"{uri}: is a folder, cannot write a file there")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(
-            prefix=f".{final.name}{_LOCAL_TMP_MARK}", suffix=suffix, dir=final.parent
-        )
-        os.close(fd)
+        with _local_faults(uri):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(
+                prefix=f".{final.name}{_LOCAL_TMP_MARK}", suffix=suffix, dir=final.parent
+            )
+            os.close(fd)
         tmp = Path(name)
         try:
             yield tmp
-            os.chmod(tmp, _FILE_MODE)
-            os.replace(tmp, final)
+            with _local_faults(uri):
+                os.chmod(tmp, _FILE_MODE)
+                os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -223,6 +266,87 @@ class LocalStorage(Storage):
         yield path
 
 
+def _env_number(name: str, default: float, kind: type = float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0 or value == float("inf"):
+        raise StorageError(f"{name}={text!r}: must be a positive {'whole ' if kind is int else ''}number")
+    return value
+
+
+def s3_client_config() -> object:
+    """botocore's ``Config`` for the store: short connect timeout, few retries (module docstring)."""
+    from botocore.config import Config
+
+    return Config(connect_timeout=_env_number("DAMNET_S3_CONNECT_TIMEOUT", 5.0),
+                  read_timeout=_env_number("DAMNET_S3_READ_TIMEOUT", 60.0),
+                  retries={"total_max_attempts": int(_env_number("DAMNET_S3_MAX_ATTEMPTS", 3, int)),
+                           "mode": "standard"})
+
+
+_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+           "ExpiredToken", "InvalidToken", "AllAccessDisabled", "AccountProblem"}
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+def _error_code(exc: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
+    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+
+
+_LATER = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "503"}
+
+
+def s3_error(exc: BaseException, uri: str, endpoint: str | None, tried: str = "") -> StorageError | None:
+    """What an S3 fault means for ``uri``, as one line; None for errors that are not the store's.
+
+    An endpoint that does not answer (or asks to try later) is a :class:`StorageUnavailable`
+    (exit 75: worth a retry); credentials, buckets and permissions are the user's to fix (exit 2).
+    ``tried``: how hard the client tried (attempts, timeouts), said when the endpoint is unreachable.
+    """
+    from botocore import exceptions as bx
+
+    where = endpoint or "the AWS default endpoint"
+    for cause in _chain(exc):
+        code = _error_code(cause)
+        if isinstance(cause, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
+            return StorageError(f"{uri}: no usable S3 credentials ({cause}): set AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or the pod's service account)")
+        if isinstance(cause, (bx.ConnectionError, bx.HTTPClientError)):
+            return StorageUnavailable(
+                f"{uri}: cannot reach the S3 endpoint {where} ({type(cause).__name__}): check "
+                f"DAMNET_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) and that the server is up{tried}")
+        if code == "NoSuchBucket":
+            return StorageError(f"{uri}: the bucket {split_s3(uri)[0]!r} does not exist at {where}: check the "
+                                "store URI (--store, DAMNET_STORE) or create the bucket")
+        if code in _DENIED:
+            return StorageError(f"{uri}: access denied ({code}) at {where}: check the S3 credentials "
+                                "(AWS_ACCESS_KEY_ID, AWS_PROFILE or service account) and the bucket's policy")
+        if code in _MISSING:
+            return StorageError(f"{uri}: no such object")
+        if code:
+            message = cause.response.get("Error", {}).get("Message", "")  # type: ignore[attr-defined]
+            kind = StorageUnavailable if code in _LATER else StorageError
+            return kind(f"{uri}: S3 refused the request ({code}{': ' + message if message else ''})")
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from (boto3 wraps botocore's in its own)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
 class S3Storage(Storage):
     """Objects in an S3 API (AWS S3, MinIO, a local moto server)."""
 
@@ -231,19 +355,43 @@ class S3Storage(Storage):
             import boto3
 
             endpoint_url = endpoint_url or os.environ.get("DAMNET_S3_ENDPOINT_URL") or None
-            client = boto3.client("s3", endpoint_url=endpoint_url)
+            try:
+                client = boto3.client("s3", endpoint_url=endpoint_url, config=s3_client_config())
+            except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+                raise StorageError(f"DAMNET_S3_ENDPOINT_URL={endpoint_url!r}: {exc}") from exc
         self.client = client
 
-    def exists(self, uri: str) -> bool:
-        from botocore.exceptions import ClientError
+    @contextlib.contextmanager
+    def _faults(self, uri: str, what: str = "") -> Iterator[None]:
+        """S3 faults of the calls inside as one :class:`StorageError` naming ``uri`` (s3_error)."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:
+            from boto3.exceptions import Boto3Error
+            from botocore.exceptions import BotoCoreError, ClientError
 
+            cfg = self.client.meta.config
+            attempts = (cfg.retries or {}).get("total_max_attempts")
+            tried = (f" (gave up after {attempts} attempt(s), {cfg.connect_timeout} s connect timeout: "
+                     "DAMNET_S3_MAX_ATTEMPTS, DAMNET_S3_CONNECT_TIMEOUT)") if attempts else ""
+            error = s3_error(exc, uri, self.client.meta.endpoint_url, tried)
+            if error is None and isinstance(exc, (BotoCoreError, ClientError, Boto3Error, OSError)):
+                error = StorageError(f"{uri}: {what or 'S3 request'} failed ({exc})")
+            if error is None:
+                raise
+            raise error from exc
+
+    def exists(self, uri: str) -> bool:
         bucket, key = split_s3(uri)
         try:
-            self.client.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            with self._faults(uri):
+                self.client.head_object(Bucket=bucket, Key=key)
+        except StorageError as exc:
+            if _error_code(exc.__cause__ or exc) in _MISSING:
                 return False
-            raise StorageError(f"{uri}: {exc}") from exc
+            raise
         return True
 
     def list(self, prefix: str) -> list[str]:
@@ -253,29 +401,30 @@ class S3Storage(Storage):
         """URI -> ``"<ETag> <size>"`` of every object under ``prefix``, from the listing alone:
         a fingerprint of the content that needs no download."""
         bucket, key = split_s3(prefix)
-        paginator = self.client.get_paginator("list_objects_v2")
         out = {}
-        for page in paginator.paginate(Bucket=bucket, Prefix=key):
-            for obj in page.get("Contents", []):
-                if not obj["Key"].startswith(S3_TMP_PREFIX):
-                    out[f"s3://{bucket}/{obj['Key']}"] = f"{obj['ETag'].strip(chr(34))} {obj['Size']}"
+        with self._faults(prefix, "listing"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=key):
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].startswith(S3_TMP_PREFIX):
+                        out[f"s3://{bucket}/{obj['Key']}"] = f"{obj['ETag'].strip(chr(34))} {obj['Size']}"
         return out
 
     def delete(self, uri: str) -> None:
         bucket, key = split_s3(uri)
-        self.client.delete_object(Bucket=bucket, Key=key)
+        with self._faults(uri, "delete"):
+            self.client.delete_object(Bucket=bucket, Key=key)
 
     def create_exclusive(self, uri: str, data: bytes) -> bool:
-        from botocore.exceptions import ClientError
-
         bucket, key = split_s3(uri)
         try:  # a conditional write (AWS S3 since 2024, MinIO, moto): refused if the key exists
-            self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
-                                                              "412", "409"):
+            with self._faults(uri, "create"):
+                self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except StorageError as exc:
+            if _error_code(exc.__cause__ or exc) in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                      "412", "409"):
                 return False
-            raise StorageError(f"{uri}: cannot create: {exc}") from exc
+            raise
         return True
 
     @contextlib.contextmanager
@@ -292,25 +441,20 @@ class S3Storage(Storage):
             # its temporary key removed here, so no partial object ever sits at ``key``.
             tmp_key = f"{S3_TMP_PREFIX}{uuid.uuid4().hex}"
             try:
-                self.client.upload_file(str(tmp), bucket, tmp_key)
-                self.client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key)
-            except Exception as exc:
-                raise StorageError(f"{uri}: upload failed: {exc}") from exc
+                with self._faults(uri, "upload"):
+                    self.client.upload_file(str(tmp), bucket, tmp_key)
+                    self.client.copy({"Bucket": bucket, "Key": tmp_key}, bucket, key)
             finally:
                 with contextlib.suppress(Exception):
                     self.client.delete_object(Bucket=bucket, Key=tmp_key)
 
     @contextlib.contextmanager
     def reading(self, uri: str) -> Iterator[Path]:
-        from botocore.exceptions import ClientError
-
         bucket, key = split_s3(uri)
         with tempfile.TemporaryDirectory(prefix="damnet-get-") as d:
             tmp = Path(d) / (Path(key).name or "object")
-            try:
+            with self._faults(uri, "download"):
                 self.client.download_file(bucket, key, str(tmp))
-            except ClientError as exc:
-                raise StorageError(f"{uri}: cannot read: {exc}") from exc
             yield tmp
 
 

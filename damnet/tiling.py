@@ -40,6 +40,7 @@ from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
 from damnet import __version__, storage
+from damnet.errors import ImageryError, ImageryErrors
 from damnet.imagery import (
     DEFAULT_LABEL_THRESHOLD,
     Band,
@@ -50,6 +51,7 @@ from damnet.imagery import (
     opened,
     parse_bands,
 )
+from damnet.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -276,15 +278,45 @@ def _write_window(out_uri: str, tile_dir: str, pair: OpenPair, record: dict, win
     }
 
 
+def _tile_pair(root: Path, files: PairFiles, out_uri: str, tile_dir: str, config: TilingConfig,
+               progress: bool | None) -> tuple[dict, list[dict]]:
+    """Tile one pair: its manifest record and tiles. Raises :class:`ImageryError` naming the
+    file when its pixels cannot be read, or when it yields no tile (no valid pixel where both
+    dates overlap); the tiles written until then are deleted."""
+    tiles: list[dict] = []
+    try:
+        with opened(files, bands=config.bands, require_labels=config.require_labels,
+                    label_threshold=config.label_threshold) as pair:
+            record = _pair_record(root, files, pair)
+            bar = Progress(tile_windows(pair.window, config.size, config.overlap), desc=f"tile {files.name}",
+                           unit="tile", leave=False, enabled=progress)
+            for win in bar:
+                tile = _write_window(out_uri, tile_dir, pair, record, win, config.size)
+                if tile is not None:
+                    tiles.append(tile)
+                    record["tiles"] += 1
+        if not tiles:
+            raise ImageryError(files.pre, f"scene {files.name!r} has no valid pixel where both dates overlap "
+                               f"(all nodata in {files.pre.name} or {files.post.name}): it gives no tile")
+    except ImageryError:
+        store = storage.storage_for(out_uri)
+        for tile in tiles:
+            for f in tile["files"].values():
+                if f:
+                    store.delete(storage.join(out_uri, f))
+        raise
+    return record, tiles
+
+
 def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
            progress: bool | None = None) -> dict:
     """Check, co-register and tile a region; return (and write) its manifest.
 
     Raises :class:`~damnet.errors.ImageryErrors` listing every bad input unless
-    ``config.skip_bad`` is set, in which case each bad pair is one warning line.
+    ``config.skip_bad`` is set, in which case each bad pair is one warning line and is listed
+    in the manifest's ``skipped``: pairs that cannot be opened, that cannot be read while
+    tiling (e.g. a truncated GeoTIFF) and scenes that give no tile (all nodata).
     """
-    from tqdm.auto import tqdm
-
     config = config or TilingConfig()
     store = storage.storage_for(out_uri)
     started = time.time()
@@ -299,19 +331,21 @@ def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
             log.info("%s is up to date (version %s): nothing to do", out_uri, version)
             return existing
         tile_dir = f"tiles/{version}"
-        pair_records, tiles = [], []
+        pair_records, tiles, failed = [], [], []
         for files in pairs:
-            with opened(files, bands=config.bands, require_labels=config.require_labels,
-                        label_threshold=config.label_threshold) as pair:
-                record = _pair_record(root, files, pair)
-                bar = tqdm(tile_windows(pair.window, config.size, config.overlap), desc=f"tile {files.name}",
-                           unit="tile", leave=False, disable=None if progress is None else not progress)
-                for win in bar:
-                    tile = _write_window(out_uri, tile_dir, pair, record, win, config.size)
-                    if tile is not None:
-                        tiles.append(tile)
-                        record["tiles"] += 1
-                pair_records.append(record)
+            try:
+                record, pair_tiles = _tile_pair(root, files, out_uri, tile_dir, config, progress)
+            except ImageryError as exc:  # damage that shows only when the pixels are read
+                failed.append(exc)
+                continue
+            pair_records.append(record)
+            tiles.extend(pair_tiles)
+        if failed:
+            if not config.skip_bad or not tiles:
+                raise ImageryErrors(failed)
+            for err in failed:
+                log.warning("skipped: %s", err)
+            skipped = [*skipped, *failed]
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": version,

@@ -43,6 +43,7 @@ from damnet.errors import DamnetError
 from damnet.losses import adversarial_loss, anchor_loss, change_prior, pseudo_loss, segmentation_loss
 from damnet.models import DISC_INPUTS, MAE, ChangeNet, SegDiscriminator, discriminator_input
 from damnet.models.changenet import to_unit
+from damnet.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +272,6 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
 
     ``on_log(step, metrics)`` is called every ``log_every`` steps on rank 0.
     """
-    from tqdm.auto import tqdm
-
     _check_streams(cfg, source, target, micro, unlabelled)
     source = _match_gsd(cfg, source, target if target is not None else micro)
     rank, world = rank_world()
@@ -287,8 +286,8 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
     g = _generator_module(ctx, state)
 
     start, started = state.step, time.time()
-    bar = tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps,
-               disable=(None if progress is None else not progress) if rank == 0 else True)
+    bar = Progress(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps,
+                   enabled=progress if rank == 0 else False)
     running: dict[str, float] = {}  # sums of the loss terms since the last log line
     for step in bar:
         terms, maps = _generator_step(g, ctx, state, step)
@@ -496,8 +495,8 @@ def _generator_terms(g: nn.Module, ctx: TrainContext, state: TrainState, step: i
     cfg = ctx.cfg
     wanted = (("source", cfg.source_weight > 0), ("micro", cfg.micro_weight > 0),
               ("target", _needs_target(cfg, step)))
-    batches = {name: ctx.batch(name, step) for name, on in wanted if on}
-    logits = g(*_model_inputs(cfg, batches, self_training=state.teacher is not None))
+    batches = _aligned(state.model, {name: ctx.batch(name, step) for name, on in wanted if on})
+    logits = g(*_model_inputs(cfg, batches, self_training=state.teacher is not None), aligned=True)
     maps = dict(zip(batches, logits.split([b.pre.shape[0] for b in batches.values()]), strict=True))
     terms: Tensors = {}
     for name, weight in (("source", cfg.source_weight), ("micro", cfg.micro_weight)):
@@ -508,6 +507,20 @@ def _generator_terms(g: nn.Module, ctx: TrainContext, state: TrainState, step: i
                                                               cfg.change_weight, cfg.dice_weight)
     terms.update(_target_terms(cfg, state, batches, maps, cfg.lambda_at(step)))
     return terms, maps
+
+
+def _aligned(model: ChangeNet, batches: dict[str, Batch]) -> dict[str, Batch]:
+    """The region's batches (target, micro) through the model's input tables (radiometric
+    matching to the source, see ChangeNet.input_lut); labelled source batches as they are."""
+    if not model.matching:
+        return batches
+    out = dict(batches)
+    for name in ("target", "micro"):
+        if name in out:
+            b = out[name]
+            pre, post = model.align(b.pre, b.post)
+            out[name] = replace(b, pre=pre, post=post)
+    return out
 
 
 def _target_terms(cfg: TrainConfig, state: TrainState, batches: dict[str, Batch], maps: Tensors,
@@ -525,13 +538,13 @@ def _target_terms(cfg: TrainConfig, state: TrainState, batches: dict[str, Batch]
     if state.teacher is not None:
         tb = batches["target"]
         with torch.no_grad():
-            t_logits = state.teacher(tb.pre, tb.post)
+            t_logits = state.teacher(tb.pre, tb.post, aligned=True)
         terms["pseudo"] = cfg.pseudo_weight * pseudo_loss(maps["target"], t_logits, tb.valid,
                                                           cfg.pseudo_threshold)
     if state.anchor is not None:
         tb = batches["target"]
         with torch.no_grad():
-            a_logits = state.anchor(tb.pre, tb.post)
+            a_logits = state.anchor(tb.pre, tb.post, aligned=True)
         terms["anchor"] = cfg.anchor_weight * anchor_loss(maps["target"], a_logits, tb.valid, cfg.anchor_on)
     if lam > 0:
         assert state.disc is not None

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +43,8 @@ def test_ingest_command_writes_manifest_and_says_what_it_made(tmp_path):
                     "--region", "x", "--tile-size", "64", "--require-labels", tmp=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "4 tile(s) from 1 pair(s)" in result.stdout
-    manifest = json.loads((tmp_path / "store" / "regions" / "x" / "tiles" / "manifest.json").read_text())
+    record = json.loads((tmp_path / "store" / "regions" / "x" / "steps" / "ingest.json").read_text())
+    manifest = json.loads(Path(record["outputs"]["manifest"]).read_text())
     assert len(manifest["tiles"]) == 4
 
 

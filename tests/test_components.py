@@ -114,7 +114,7 @@ def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
 
     from damnet.tiling import read_label
     for tid, v in labels.items():
-        tile = next(t for t in json.loads((region["store"] / "regions/newtown/tiles/manifest.json").read_text())
+        tile = next(t for t in json.loads(Path(record(region, "ingest")["outputs"]["manifest"]).read_text())
                     ["tiles"] if t["tile_id"] == tid)
         w = tile["window"]
         with rasterio.open(region["truth"] / f"{tile['pair']}.tif") as src:
@@ -188,6 +188,18 @@ def test_labels_round_trip_then_finetune_evaluate_and_promote(region, capsys):
     assert "promoted to champion" in page and "scene_000" in page
     assert "audit F1 90% interval" in page and "Audit evidence: 4 tile(s)" in page
     assert f"{champion.tags['damnet.audit_f1_ci'].split('-')[0]}-" in page
+    # Where the imagery and labels came from, both label shares by name, and what "champion" was.
+    assert "Synthetic imagery:" in page and "SIMULATED labels:</b> 6 of 6 annotation(s)" in page
+    assert re.search(r"micro-labels: \d+\.\d\d % of tiles; with audit tiles: \d+\.\d\d %", page)
+    assert "source model damnet-source v1 (this region has no champion yet)" in page
+    # --max-tiles caps the tiles shown (2 train + 4 audit selected); each shows pre | post |
+    # prediction, audit tiles their label too, with a scale bar from the tile's geotransform.
+    assert main(["report", *a, "--max-tiles", "5", "--force"]) == 0
+    page = Path(record(region, "report")["outputs"]["report"]).read_text()
+    assert page.count('<div class="tile">') == 5 and "The first 5 of the 6 selected tiles" in page
+    assert page.count(' prediction" src="data:image/png') == 5 + 1  # 5 tiles, 1 scene
+    assert page.count(' label" src="data:image/png') == 3
+    assert '<div class="bar" style="width:' in page and "no georeference" not in page
 
     # The nightly check: the champion on its audit set, against its F1 at promotion.
     assert main(["rescore", *a]) == 0
@@ -225,7 +237,7 @@ def test_tiles_that_the_region_no_longer_has_are_one_clear_error(region):
     from damnet.data import TileSet
     from damnet.errors import DamnetError
 
-    tiles = str(region["store"] / "regions" / "newtown" / "tiles")
+    tiles = record(region, "ingest")["outputs"]["tiles"]
     with pytest.raises(DamnetError, match=r"unknown tile id\(s\) \['gone_r00000_c00000'\]; was the region re-ingested"):
         TileSet(tiles, tile_ids=["gone_r00000_c00000"])
 
@@ -243,7 +255,8 @@ def test_steps_refuse_upstream_records_of_an_earlier_ingest(region, capsys):
     capsys.readouterr()
     assert main(["select", *r, "--budget", "1", "--audit", "1", "--max-label-share", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "the 'adapt' record was made from an earlier ingest" in err and "damnet adapt --region oldtown" in err
+    assert re.search(r"the 'adapt' record \(key \w+\) was made from the 'ingest' record key \w+ \(input 'tiles'\), "
+                     r"but 'ingest' is now key \w+", err) and "damnet adapt --region oldtown" in err
     assert not (store / "regions/oldtown/steps/select.json").exists()
     assert json.loads((store / "regions/oldtown/steps/adapt.json").read_text()) == adapt_before
     # After re-running adapt on the new tiles, selection goes on.
@@ -266,3 +279,20 @@ def test_pretraining_continues_from_the_source_model_and_adapt_starts_from_it(re
     assert main(["adapt", *r, "--steps", "2", "--use-pretrain", "yes", *TINY]) == 0
     adapt = json.loads((store / "regions/hilltown/steps/adapt.json").read_text())
     assert adapt["inputs"]["pretrain"]["digest"] == pre["key"]
+
+
+def test_adapt_with_histogram_matching_gives_a_model_that_reads_the_region_through_its_tables(region):
+    """--match-histograms: the adapted model carries the region's tables (so select, finetune,
+    evaluate and predict read the region the same way) and the step key records the strength."""
+    from damnet import registry
+
+    store = region["store"]
+    r = ["--store", str(store), "--region", "duskville"]
+    write_region(str(store / "imagery" / "duskville"), "target_sensor", n_scenes=1, size=256, seed=5)
+    assert main(["ingest", *r, "--tile-size", "64"]) == 0
+    assert main(["adapt", *r, "--steps", "2", "--match-histograms", "0.5", *TINY]) == 0
+    adapt = json.loads((store / "regions/duskville/steps/adapt.json").read_text())
+    assert adapt["params"]["match_histograms"] == 0.5
+    model, _ = registry.load_model(adapt["outputs"]["model"])
+    assert model.matching  # a sensor shift: the tables are not the identity
+    assert main(["select", *r, "--budget", "1", "--audit", "1", "--max-label-share", "0.5"]) == 0

@@ -157,7 +157,11 @@ def test_the_main_job_runs_the_region_dag_then_the_finetune_dag_end_to_end(tmp_p
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     try:
-        version = mlflow.MlflowClient().get_model_version_by_alias("damnet-newtown", "challenger")
+        # The newest version (champion if promoted, challenger if refused: damnet/registry.py).
+        client = mlflow.MlflowClient()
+        version = max(client.search_model_versions("name='damnet-newtown'"), key=lambda v: int(v.version))
+        alias = "champion" if summary["promoted"] else "challenger"
+        assert client.get_model_version_by_alias("damnet-newtown", alias).version == version.version
         assert version.tags["damnet.decision"] == ("promoted" if summary["promoted"] else "rejected")
         exp = mlflow.get_experiment_by_name("damnet/newtown")
         parents = mlflow.search_runs([exp.experiment_id], filter_string="tags.`damnet.kind` = 'region'",

@@ -166,7 +166,7 @@ def test_dvc_repro_runs_a_region_then_only_what_changed(tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'data' / 'mlflow.db'}")
-    version = client.get_model_version_by_alias(f"damnet-{region}", "challenger")
+    version = client.get_model_version_by_alias(f"damnet-{region}", "champion" if promoted else "challenger")
     assert version.tags["damnet.decision"] == ("promoted" if promoted else "rejected")
     assert client.get_model_version_by_alias("damnet-source", "champion") is not None
     predict = json.loads((store / region / "steps" / "predict.json").read_text())

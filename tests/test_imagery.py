@@ -143,7 +143,7 @@ def test_truncated_geotiff_is_named(tmp_path):
     path = tmp_path / "in" / "post" / "s.tif"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     # The header is intact, so this shows only when the missing blocks are read.
-    with pytest.raises(ImageryError, match=r"post/s.tif: cannot be read"):
+    with pytest.raises(ImageryErrors, match=r"post/s.tif: cannot be read"):
         ingest(str(tmp_path / "in"), str(tmp_path / "out"), TilingConfig(size=64))
     assert not (tmp_path / "out" / "manifest.json").exists()
 

@@ -408,6 +408,30 @@ def test_garbage_export_is_one_clear_problem(exported, data, fragment):
     assert str(err.value).startswith("upload.json: 1 problem(s)")
 
 
+def test_a_mask_linked_from_outside_the_label_folder_is_refused(exported, tmp_path):
+    """A label import reads only what was delivered into the folder, not what a link points at."""
+    _, tasks, _ = exported
+    ids = [t["data"]["tile_id"] for t in tasks]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.png").write_bytes(_png(_truth(ids[1]) * 255))
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    (folder / f"{ids[0]}.png").write_bytes(_png(_truth(ids[0]) * 255))
+    (folder / f"{ids[1]}.png").symlink_to(elsewhere / "secret.png")
+    with pytest.raises(LabelExportError) as err:
+        read_mask_folder(str(folder), tasks)
+    assert err.value.problems == [f"{ids[1]}.png: a link to {(elsewhere / 'secret.png').resolve()}, outside the label "
+                                  "folder; copy the mask into the folder instead"]
+    # a link that stays inside the folder is a file of the folder like any other
+    (folder / f"{ids[1]}.png").unlink()
+    (folder / "copy.bin").write_bytes(_png(_truth(ids[1]) * 255))
+    (folder / f"{ids[1]}.png").symlink_to(folder / "copy.bin")
+    with pytest.raises(LabelExportError) as err:
+        read_mask_folder(str(folder), tasks)
+    assert [p.split(":")[0] for p in err.value.problems] == ["copy.bin"]
+
+
 def test_oversized_export_is_refused_unparsed(exported, monkeypatch):
     monkeypatch.setattr(labels.parse, "MAX_EXPORT_BYTES", 1000)
     with pytest.raises(LabelExportError, match="limit"):

@@ -82,17 +82,22 @@ def _register_and_promote(tmp_path, name: str) -> None:
     registry.save_model(ChangeNet(preset("tiny")), str(tmp_path / "m.pt"))
     mlflow.set_experiment("registry-backends")
     client = mlflow.MlflowClient()
-    # 20 audit tiles of 100 changed pixels each: a first model finds half, then a worse one a third.
-    tiles = {found: {f"t{i}": [found, 10, 100 - found, 3986] for i in range(20)} for found in (50, 33)}
-    for found in (50, 33):
+    # 20 audit tiles of 100 changed pixels each: a first model finds half, then a worse one a
+    # third, then a better one 80 %: promoted, refused (challenger), promoted (no challenger left).
+    tiles = {found: {f"t{i}": [found, 10, 100 - found, 3986] for i in range(20)} for found in (50, 33, 80)}
+    aliases = []
+    for found in (50, 33, 80):
         with mlflow.start_run():
             info = registry.log_model(str(tmp_path / "m.pt"), name)
         champion = registry.alias_version(client, name, registry.CHAMPION)
         decision = registry.gate({"audit_f1": 0.5, "source_f1": 0.9, "audit_confusions": tiles[found]},
                                  None if champion is None else {"audit_f1": 0.5, "audit_confusions": tiles[50]}, 0.9)
         registry.record_decision(client, name, str(info.registered_model_version), decision)
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+        aliases.append(tuple(getattr(registry.alias_version(client, name, a), "version", None)
+                             for a in (registry.CHAMPION, registry.CHALLENGER)))
+        if found == 33:
+            assert [str(v) for v in aliases[1]] == ["1", "2"]  # the refused one is the challenger
+    assert [tuple(map(str, a)) for a in aliases] == [("1", "None"), ("1", "2"), ("3", "None")]
     assert client.get_model_version(name, "2").tags["damnet.decision"] == "rejected"
     assert client.get_model_version(name, "1").tags["damnet.audit_tiles"] == "20"
     assert client.get_model_version(name, "2").tags["damnet.audit_f1_gain_ci"].startswith("-")

@@ -41,6 +41,11 @@ GPU_RESOURCES = ({**_GPU[0], "nvidia.com/gpu": "1"}, {**_GPU[1], "nvidia.com/gpu
 RUN_AS = 10001
 
 
+#: the optional secret with LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (labels-push, labels-pull);
+#: CPU pods only, and without it the pods start as before (labels by the file drop)
+LABEL_STUDIO = "damnet-label-studio"
+
+
 class StepFailed(Exception):
     """A step command failed unexpectedly (its error line is the message); retried."""
 
@@ -81,7 +86,7 @@ class DamnetStep(BaseOperator):
         for line in proc.stdout:
             line = line.rstrip()
             self.log.info("%s", line)
-            if echo and not line.startswith(("INFO ", "WARNING ", "  color_warning", "/")):
+            if echo and not line.startswith(("INFO ", "WARNING ", "/")):
                 print(f"    {line}", flush=True)
             if line.startswith("error: "):
                 last_error = line[len("error: "):]
@@ -130,7 +135,10 @@ def _k8s_kwargs(settings: Settings, step: str, gpu: bool) -> dict:
         container_resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
         service_account_name=settings.service_account,
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.secret)),
-                  k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=settings.config_map))],
+                  k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=settings.config_map)),
+                  # optional: the labels steps' Label Studio server, CPU pods only
+                  *([] if gpu else [k8s.V1EnvFromSource(
+                      secret_ref=k8s.V1SecretEnvSource(name=LABEL_STUDIO, optional=True))])],
         security_context=k8s.V1PodSecurityContext(
             run_as_non_root=True, run_as_user=RUN_AS, run_as_group=RUN_AS, fs_group=RUN_AS,
             seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),

@@ -11,6 +11,7 @@ Two layouts are recognised in a region folder:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 LAYOUTS = {"levir": ("A", "B"), "geotiff": ("pre", "post")}
 #: Folder names that hold labels in other datasets' layouts; ingest reads only ``label/``.
 LABEL_LOOKALIKES = ("labels", "Label", "Labels", "mask", "masks", "gt", "GT", "cm")
+#: What a scene name (a file's stem) may hold: tile ids, label tasks and URLs are made from it.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,11 @@ def discover_pairs(root: Path, require_labels: bool = False,
                     "folder to use them)", root, ", ".join(lookalikes))
     pairs, errors = [], []
     for name in sorted(set(first) | set(second)):
+        if not SAFE_NAME.fullmatch(name):
+            errors.append(ImageryError((first.get(name) or second[name]), f"scene name {name!r} has characters "
+                                       "other than A-Z a-z 0-9 _ . -; tile ids and labeling tasks are "
+                                       "made from it: rename the file"))
+            continue
         if name not in second:
             errors.append(ImageryError(first[name], f"has no partner in {d2}/"))
             continue

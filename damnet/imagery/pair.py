@@ -111,7 +111,8 @@ class OpenPair:
         try:
             return read_padded(src, bands, window, masked)
         except RasterioIOError as exc:
-            raise ImageryError(path, f"cannot be read at window {window} ({exc})") from None
+            raise ImageryError(path, f"cannot be read at window {window}: damaged or truncated file? "
+                               f"({exc})") from None
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Pre and post as (3, h, w) uint8, the validity mask (h, w) and the 0/1 label or None."""
@@ -142,7 +143,13 @@ def _onto_grid(src, ref, resampling: Resampling, what: str, notes: list[str], pa
     if _same_grid(src, ref):
         return src
     def res(ds) -> str:  # pixel size in the CRS's unit (degrees for EPSG:4326)
-        unit = "deg" if ds.crs is not None and ds.crs.is_geographic else "m"
+        if ds.crs is None:
+            unit = "CRS units"
+        elif ds.crs.is_geographic:
+            unit = "deg"
+        else:
+            linear = ds.crs.linear_units or "CRS units"
+            unit = "m" if linear.lower() in ("metre", "meter", "m") else linear
         return f"{abs(ds.res[0]):g} {unit}"
 
     notes.append(

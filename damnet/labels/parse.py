@@ -12,6 +12,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -294,9 +295,28 @@ def read_mask_folder(folder_uri: str, tasks: list[dict]) -> dict[str, np.ndarray
         rel = {}
         for u in store.list(str(root)):
             rel[storage.local_path(u).relative_to(root).as_posix()] = u
+    escaping = [] if storage.is_s3(folder_uri) else _links_outside(root, rel)
     files: dict[str, bytes] = {}
     for name, uri in rel.items():
+        if name in escaping:
+            continue
         # Names that cannot be a mask are reported by read_mask_pngs without being read.
         ok = "/" not in name and ".." not in name and name.lower().endswith(".png")
         files[name] = store.get_bytes(uri) if ok else b""
-    return read_mask_pngs(files, tasks, folder_uri)
+    problems = [f"{name}: a link to {(root / name).resolve()}, outside the label folder; copy the mask "
+                "into the folder instead" for name in escaping]
+    try:
+        masks = read_mask_pngs(files, tasks, folder_uri) if files or not problems else {}
+    except LabelExportError as exc:
+        raise LabelExportError(folder_uri, problems + exc.problems) from None
+    if problems:
+        raise LabelExportError(folder_uri, problems)
+    return masks
+
+
+def _links_outside(root: Path, rel: Mapping[str, str]) -> list[str]:
+    """Names in ``rel`` (relative to the local folder ``root``) that resolve outside it (symbolic
+    links, or files below a linked folder): a label import reads only what was delivered into
+    the folder."""
+    base = root.resolve()
+    return sorted(name for name in rel if not (root / name).resolve().is_relative_to(base))

@@ -133,11 +133,23 @@ class Fusion(nn.Module):
         return self.proj(x)
 
 
+def identity_lut() -> torch.Tensor:
+    """(2 dates, 3 bands, 256) uint8 tables that leave the input as it is."""
+    return torch.arange(256, dtype=torch.uint8).repeat(2, 3, 1)
+
+
 class ChangeNet(nn.Module):
-    """The generator G of DAM-Net."""
+    """The generator G of DAM-Net.
+
+    ``input_lut`` (saved with the weights): per date and band, the table the model reads its
+    uint8 input through (damnet.radiometry: the region's histograms matched to the source's);
+    the identity unless :meth:`set_input_lut` set one. Training reads labelled source batches
+    without it (``aligned=True`` after applying it to the region's batches itself).
+    """
 
     mean: torch.Tensor  #: (1, 3, 1, 1) buffer, see :func:`normalise`
     std: torch.Tensor
+    input_lut: torch.Tensor
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -158,15 +170,37 @@ class ChangeNet(nn.Module):
         self.classifier = nn.Conv2d(d, 2, 1)
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_lut", identity_lut())
+        self.matching = False  #: whether input_lut is other than the identity
+        self._register_load_state_dict_pre_hook(_lut_default, with_module=True)
+        self.register_load_state_dict_post_hook(_lut_loaded)
+
+    def set_input_lut(self, lut: torch.Tensor) -> None:
+        """Read uint8 inputs through ``lut`` (2, 3, 256) from now on (the identity: as they are)."""
+        if tuple(lut.shape) != (2, 3, 256):
+            raise ValueError(f"an input table is (2 dates, 3 bands, 256 values), got {tuple(lut.shape)}")
+        self.input_lut.copy_(lut.to(torch.uint8))
+        self.matching = not torch.equal(self.input_lut.cpu(), identity_lut())
+
+    def align(self, pre: torch.Tensor, post: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pre`` and ``post`` (uint8) through the input tables (as they are without any)."""
+        if not self.matching:
+            return pre, post
+        from damnet.radiometry import apply_lut
+
+        return apply_lut(pre, self.input_lut[0]), apply_lut(post, self.input_lut[1])
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return normalise(x, self.mean, self.std)
 
-    def change_features(self, pre: torch.Tensor, post: torch.Tensor) -> list[torch.Tensor]:
-        """Fused change features per scale (strides 4, 8, 16, 32), ``decoder_dim`` channels."""
+    def change_features(self, pre: torch.Tensor, post: torch.Tensor, aligned: bool = False) -> list[torch.Tensor]:
+        """Fused change features per scale (strides 4, 8, 16, 32), ``decoder_dim`` channels;
+        ``aligned``: the inputs went through the input tables already (or must not)."""
         h, w = pre.shape[-2:]
         if h % 32 or w % 32:
             raise ValueError(f"input size {h}x{w} must be divisible by 32")
+        if not aligned:
+            pre, post = self.align(pre, post)
         both = self.encoder(torch.cat([self.normalise(pre), self.normalise(post)], dim=0))
         out = []
         for i, f in enumerate(both):
@@ -185,14 +219,24 @@ class ChangeNet(nn.Module):
         x = self.classifier(self.dropout(x))
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
-    def forward(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.change_features(pre, post), pre.shape[-2:])
+    def forward(self, pre: torch.Tensor, post: torch.Tensor, aligned: bool = False) -> torch.Tensor:
+        return self.decode(self.change_features(pre, post, aligned), pre.shape[-2:])
 
     def embed(self, pre: torch.Tensor, post: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and a pooled descriptor per image (for diversity-aware selection)."""
         feats = self.change_features(pre, post)
         pooled = torch.cat([f.mean(dim=(2, 3)) for f in feats[-2:]], dim=1)
         return self.decode(feats, pre.shape[-2:]), pooled
+
+
+def _lut_default(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Checkpoints from before input tables existed read their inputs as they are."""
+    state_dict.setdefault(prefix + "input_lut", identity_lut())
+
+
+def _lut_loaded(module: nn.Module, incompatible: object) -> None:
+    if isinstance(module, ChangeNet):
+        module.matching = not torch.equal(module.input_lut.cpu(), identity_lut())
 
 
 class SegDiscriminator(nn.Module):

@@ -10,6 +10,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from damnet import storage
+from damnet.progress import Progress
 from damnet.synthetic.scene import generate_scene
 from damnet.synthetic.styles import DomainStyle, get_style
 
@@ -58,14 +59,11 @@ def write_region(
     scene. Scene ``i`` is ``generate_scene(style, size, scene_seed(seed, i))``. Returns the
     region description that is also written to ``region.json``.
     """
-    from tqdm.auto import tqdm
-
     from damnet.quicklook import save_png, side_by_side
 
     style = get_style(style) if isinstance(style, str) else style
     scenes = []
-    bar = tqdm(range(n_scenes), desc=f"generate {style.name}", unit="scene",
-               disable=None if progress is None else not progress)
+    bar = Progress(range(n_scenes), desc=f"generate {style.name}", unit="scene", enabled=progress)
     for i in bar:
         scene = generate_scene(style, size=size, seed=scene_seed(seed, i))
         name = f"scene_{i:03d}.tif"

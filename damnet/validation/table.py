@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from damnet.progress import Progress
 from damnet.tiling import inside_area, load_manifest, nodata_and_padding, read_tile
 from damnet.validation.config import BANDS, DATES, ValidationConfig
 from damnet.validation.shift import (
@@ -174,7 +175,6 @@ def tile_table(region_uri: str, manifest: dict | None = None, progress: bool | N
     does not grow with the tiles' pixels.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     config = config or ValidationConfig(min_shift_psr=min_shift_psr)
     manifest = manifest if manifest is not None else load_manifest(region_uri)
@@ -185,8 +185,7 @@ def tile_table(region_uri: str, manifest: dict | None = None, progress: bool | N
         counts[tile["pair"]] = counts.get(tile["pair"], 0) + 1
     evidence: dict[str, PairShift] = {}
     rows, peaks = [], []
-    bar = tqdm(manifest.get("tiles", []), desc="validate tiles", unit="tile", leave=False,
-               disable=None if progress is None else not progress)
+    bar = Progress(manifest.get("tiles", []), desc="validate tiles", unit="tile", leave=False, enabled=progress)
     for tile in bar:
         pair = pairs.get(tile["pair"], {})
         # The label is not checked here: do not read it.
