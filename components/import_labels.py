@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from components.inputs import tiles_of
+from components.labels_status import labels_present
 from components.records import (
     Layout,
     StepError,
@@ -28,14 +29,12 @@ from damnet import labels, storage
 
 
 def default_labels(layout: Layout) -> str:
-    export = storage.join(layout.inbox, "export.json")
-    if storage.storage_for(export).exists(export):
-        return export
-    masks = storage.join(layout.inbox, "masks")
-    if storage.storage_for(masks).list(masks.rstrip("/") + "/"):
-        return masks
-    raise StepError(f"region {layout.region!r}: no labels yet: expected a Label Studio export at {export} "
-                    f"or mask PNGs under {masks}/")
+    found = labels_present(layout)
+    if found is None:
+        raise StepError(f"region {layout.region!r}: no labels yet: expected a Label Studio export at "
+                        f"{storage.join(layout.inbox, 'export.json')} or mask PNGs under "
+                        f"{storage.join(layout.inbox, 'masks')}/")
+    return found
 
 
 def run(args: argparse.Namespace) -> None:

@@ -77,16 +77,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``damnet labels-pull`` without loading every step's module."""
-    from damnet.errors import DamnetError
-
-    parser = argparse.ArgumentParser(prog="damnet labels-pull", description=__doc__)
-    spec.add_arguments(parser, "labels-pull")
-    try:
-        run(parser.parse_args(argv))
-    except DamnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return spec.standalone("labels-pull", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -137,16 +137,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``damnet labels-push`` without loading every step's module (the labels sensor runs it)."""
-    from damnet.errors import DamnetError
-
-    parser = argparse.ArgumentParser(prog="damnet labels-push", description=__doc__)
-    spec.add_arguments(parser, "labels-push")
-    try:
-        run(parser.parse_args(argv))
-    except DamnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return spec.standalone("labels-push", run, __doc__, argv)
 
 
 if __name__ == "__main__":

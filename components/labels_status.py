@@ -59,16 +59,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``damnet labels-status`` without loading every step's module (see the module's doc)."""
-    from damnet.errors import DamnetError
-
-    parser = argparse.ArgumentParser(prog="damnet labels-status", description=__doc__)
-    spec.add_arguments(parser, "labels-status")
-    try:
-        run(parser.parse_args(argv))
-    except DamnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return spec.standalone("labels-status", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import argparse
 import math
 import os
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,3 +235,19 @@ def _help(opt: Opt) -> str:
         shown = ("yes" if opt.default else "no") if opt.type == "bool" else opt.default
         text += f" (default: {shown})"
     return text.replace("%", "%%")
+
+
+def standalone(step: str, run: Callable[[argparse.Namespace], None], doc: str | None,
+               argv: list[str] | None = None) -> int:
+    """``damnet STEP`` without loading every step's module (``python -m components.<module>``: what
+    the labels sensor runs every few minutes): the step's own options, one ``error:`` line."""
+    from damnet.errors import DamnetError
+
+    parser = argparse.ArgumentParser(prog=f"damnet {step}", description=doc)
+    add_arguments(parser, step)
+    try:
+        run(parser.parse_args(argv))
+    except DamnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0

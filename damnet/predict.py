@@ -66,7 +66,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,8 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from damnet import storage
+from damnet import storage, vsis3
+from damnet.background import Behind, prefetched
 from damnet.device import resolve_device
 from damnet.imagery import OpenPair, check_region, opened
 from damnet.progress import Progress
@@ -185,6 +186,67 @@ def _check_settings(tile: int, overlap: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
 
+def _window_batches(pair: OpenPair, tile_h: int, tile_w: int, offsets: Iterable[tuple[int, int]],
+                    batch_size: int) -> Generator[list[tuple], None, None]:
+    """Batches of ``(row, col, pre, post, valid)`` windows of ``pair.window`` (offsets relative
+    to it), windows without any valid pixel left out."""
+    col0, row0 = int(pair.window.col_off), int(pair.window.row_off)
+    batch: list[tuple] = []
+    for r, c in offsets:
+        pre, post, valid, _ = pair.read(Window(col0 + c, row0 + r, tile_w, tile_h))
+        if not valid.any():
+            continue
+        batch.append((r, c, pre, post, valid))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _infer(model: torch.nn.Module, dev: torch.device, batch: list[tuple]) -> np.ndarray:
+    """(B, th, tw) float32 change probability of a batch of :func:`_window_batches`."""
+    from damnet.evaluate import change_probability
+
+    pre = torch.from_numpy(np.stack([b[2] for b in batch])).to(dev)
+    post = torch.from_numpy(np.stack([b[3] for b in batch])).to(dev)
+    with torch.no_grad():
+        return change_probability(model, pre, post).float().cpu().numpy()
+
+
+class _Plan:
+    """The windows of a pair and the accumulator their probabilities are blended in."""
+
+    def __init__(self, pair: OpenPair, tile: int, overlap: int) -> None:
+        self.height, self.width = int(pair.window.height), int(pair.window.width)
+        self.tile_h, self.tile_w, self.offsets = plan_windows(self.height, self.width, tile, overlap)
+        self.weights = blend_weights(self.tile_h, self.tile_w, overlap)
+        self.acc = _RollingAccumulator(self.tile_h, self.height, self.width)
+
+    def blend(self, batch: list[tuple], probs: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Add a batch's probabilities; yield the strips they finish."""
+        for (r, c, _, _, valid), prob in zip(batch, probs, strict=True):
+            yield from self.acc.add(r, c, prob, self.weights * valid)
+
+
+def _model_batches(model: torch.nn.Module, pair: OpenPair, plan: _Plan, batch_size: int,
+                   device: str | torch.device, progress: bool | None, stats: dict,
+                   prefetch: int) -> Generator[tuple[list[tuple], np.ndarray], None, None]:
+    """``(batch, probs)`` for every batch of windows, read ``prefetch`` batches ahead."""
+    dev = resolve_device(device) if isinstance(device, str) else device
+    model.to(dev).eval()
+    stats.update(windows=len(plan.offsets), windows_run=0)
+    with Progress(plan.offsets, desc=f"predict {pair.files.name}", unit="window", leave=False,
+                  enabled=progress) as bar:  # counts the windows read
+        reads = _window_batches(pair, plan.tile_h, plan.tile_w, bar, batch_size)
+        batches = prefetched(reads, prefetch)
+        with contextlib.closing(batches):  # on an error too: the reader stops before the pair closes
+            for batch in batches:
+                probs = _infer(model, dev, batch)
+                stats["windows_run"] += len(batch)
+                yield batch, probs
+
+
 def probability_strips(
     model: torch.nn.Module,
     pair: OpenPair,
@@ -194,52 +256,25 @@ def probability_strips(
     device: str | torch.device = "auto",
     progress: bool | None = None,
     stats: dict | None = None,
+    prefetch: int = 1,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Blended change probability of ``pair.window``, strip by strip, top to bottom.
 
     Yields ``(row0, prob)``: ``prob`` is (n, W) float32 for the rows ``row0 .. row0 + n`` of
     the window (``W`` its width, ``n <= tile``), NaN where either date has no data.
     The model gets (B, 3, th, tw) uint8 tensors (th, tw multiples of 32) and returns
-    (B, 2, th, tw) logits; windows without any valid pixel are not run. ``stats``, when
-    given, receives ``windows`` (all) and ``windows_run``.
+    (B, 2, th, tw) logits; windows without any valid pixel are not run. Windows are read in
+    a background thread ``prefetch`` batches ahead of the model (0: no thread; the result
+    is the same). ``stats``, when given, receives ``windows`` (all) and ``windows_run``.
     """
-    from damnet.evaluate import change_probability
-
     _check_settings(tile, overlap, batch_size)
-    area = pair.window
-    col0, row0 = int(area.col_off), int(area.row_off)
-    height, width = int(area.height), int(area.width)
-    tile_h, tile_w, offsets = plan_windows(height, width, tile, overlap)
-    weights = blend_weights(tile_h, tile_w, overlap)
-    acc = _RollingAccumulator(tile_h, height, width)
-    dev = resolve_device(device) if isinstance(device, str) else device
-    model.to(dev).eval()
+    plan = _Plan(pair, tile, overlap)
     stats = {} if stats is None else stats
-    stats.update(windows=len(offsets), windows_run=0)
-
-    def run(batch):
-        pre = torch.from_numpy(np.stack([b[2] for b in batch])).to(dev)
-        post = torch.from_numpy(np.stack([b[3] for b in batch])).to(dev)
-        with torch.no_grad():
-            probs = change_probability(model, pre, post).float().cpu().numpy()
-        stats["windows_run"] += len(batch)
-        for (r, c, _, _, valid), prob in zip(batch, probs, strict=True):
-            yield from acc.add(r, c, prob, weights * valid)
-
-    batch: list = []
-    with Progress(offsets, desc=f"predict {pair.files.name}", unit="window", leave=False,
-                  enabled=progress) as bar:
-        for r, c in bar:
-            pre, post, valid, _ = pair.read(Window(col0 + c, row0 + r, tile_w, tile_h))
-            if not valid.any():
-                continue
-            batch.append((r, c, pre, post, valid))
-            if len(batch) == batch_size:
-                yield from run(batch)
-                batch = []
-        if batch:
-            yield from run(batch)
-    yield from acc.release(height)
+    batches = _model_batches(model, pair, plan, batch_size, device, progress, stats, prefetch)
+    with contextlib.closing(batches):
+        for batch, probs in batches:
+            yield from plan.blend(batch, probs)
+    yield from plan.acc.release(plan.height)
 
 
 def _crs_member(crs) -> dict | None:
@@ -365,6 +400,41 @@ class _BlockRows:
             raise RuntimeError(f"wrote {self.row0} rows of {self.ds.height}")
 
 
+def _write_strips(model: torch.nn.Module, pair: OpenPair, prob_ds, change_ds, tile: int,
+                  overlap: int, batch_size: int, threshold: float, device: str | torch.device,
+                  progress: bool | None, stats: dict, prefetch: int) -> tuple[int, int]:
+    """Run the model over ``pair`` and write the encoded probability and change rows to the
+    two open datasets; return the counts of valid and changed pixels. Blending, encoding and
+    writing run behind the model in a thread when ``prefetch`` > 0."""
+    plan = _Plan(pair, tile, overlap)
+    prob_rows, change_rows = _BlockRows(prob_ds), _BlockRows(change_ds)
+    counts = [0, 0]
+
+    def write(strips: Iterable[tuple[int, np.ndarray]]) -> None:
+        for _, prob in strips:
+            dn, change, valid = _encode(prob, threshold)
+            prob_rows.write(dn)
+            change_rows.write(change)
+            counts[0] += int(np.count_nonzero(valid))
+            counts[1] += int(np.count_nonzero(change == 1))
+            del prob, dn, change, valid  # keep one strip alive at a time, not two
+
+    behind: Behind[tuple[list[tuple], np.ndarray]] = Behind(lambda item: write(plan.blend(*item)), prefetch)
+    batches = _model_batches(model, pair, plan, batch_size, device, progress, stats, prefetch)
+    try:
+        with contextlib.closing(batches):
+            for item in batches:
+                behind.put(item)
+    except BaseException:
+        behind.close(wait=False)  # the first error is the one to report
+        raise
+    behind.close()
+    write(plan.acc.release(plan.height))
+    prob_rows.close()
+    change_rows.close()
+    return counts[0], counts[1]
+
+
 def _output_profile(pair: OpenPair) -> dict:
     area = pair.window
     profile = {**_PROFILE, "width": int(area.width), "height": int(area.height),
@@ -386,11 +456,15 @@ def predict_scene(
     min_area_px: int = 16,
     device: str | torch.device = "auto",
     progress: bool | None = None,
+    prefetch: int = 1,
 ) -> dict:
     """Predict change over a whole scene pair and write the three outputs (see the module doc).
 
     The model takes (B, 3, H, W) uint8 pre and post tensors (H, W multiples of 32) and
-    returns (B, 2, H, W) logits (class 1 = change). Returns a summary: ``name``, the URIs
+    returns (B, 2, H, W) logits (class 1 = change). While the model runs, one background
+    thread reads the next ``prefetch`` batches of windows and another blends, encodes and
+    writes the finished rows (``prefetch`` 0: all in the calling thread; the files are the
+    same either way). Returns a summary: ``name``, the URIs
     ``prob_uri``, ``change_uri``, ``buildings_uri``, ``width``/``height`` of the output
     grid, ``crs`` (string or None), ``valid_pixels``, ``changed_pixels``, ``changed_share``
     (changed / valid), ``polygons``, ``windows``, ``windows_run`` and ``seconds``.
@@ -406,7 +480,6 @@ def predict_scene(
     profile = _output_profile(pair)
     width = profile["width"]
     stats: dict = {}
-    valid_px = changed_px = 0
     with contextlib.ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -428,17 +501,9 @@ def predict_scene(
                                 NODATA=str(PROB_NODATA), TILE=str(tile), OVERLAP=str(overlap))
             change_ds.set_band_description(1, "change (1) / no change (0)")
             change_ds.update_tags(THRESHOLD=str(threshold), NODATA=str(CHANGE_NODATA))
-            prob_rows, change_rows = _BlockRows(prob_ds), _BlockRows(change_ds)
-            for _, prob in probability_strips(model, pair, tile, overlap, batch_size, device,
-                                              progress, stats):
-                dn, change, valid = _encode(prob, threshold)
-                prob_rows.write(dn)
-                change_rows.write(change)
-                valid_px += int(np.count_nonzero(valid))
-                changed_px += int(np.count_nonzero(change == 1))
-                del prob, dn, change, valid  # keep one strip alive at a time, not two
-            prob_rows.close()
-            change_rows.close()
+            valid_px, changed_px = _write_strips(model, pair, prob_ds, change_ds, tile, overlap,
+                                                 batch_size, threshold, device, progress, stats,
+                                                 prefetch)
         rasterio.shutil.copy(prob_tmp, prob_out, driver="COG", blocksize=BLOCK, compress="deflate",
                              predictor=2, overview_resampling="average", bigtiff="IF_SAFER")
         polygons = write_polygons(change_out, poly_out, min_area_px, name)
@@ -471,8 +536,9 @@ def predict_region(
     pair is one warning), problems raise :class:`~damnet.errors.ImageryErrors` naming every
     file at fault. ``kw`` goes to :func:`predict_scene`; returns one summary per pair.
     """
-    with storage.local_tree(imagery_uri) as root:
-        good, _ = check_region(root, bands=bands, skip_bad=skip_bad, ignore_labels=True)
+    with vsis3.reading_tree(imagery_uri) as (root, listing):  # s3:// is read in place, by window
+        good, _ = check_region(root, bands=bands, skip_bad=skip_bad, ignore_labels=True,
+                               listing=listing)
         summaries = []
         for files in good:
             with opened(files, bands=bands) as pair:

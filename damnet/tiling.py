@@ -39,7 +39,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
-from damnet import __version__, storage
+from damnet import __version__, storage, vsis3
 from damnet.errors import ImageryError, ImageryErrors
 from damnet.imagery import (
     DEFAULT_LABEL_THRESHOLD,
@@ -200,12 +200,17 @@ def load_manifest(region_uri: str) -> dict:
     return json.loads(storage.storage_for(uri).get_text(uri))
 
 
-def _version(root: Path, pairs: list[PairFiles], config: TilingConfig) -> str:
+def _version(root: Path, pairs: list[PairFiles], config: TilingConfig,
+             listing: dict[str, str] | None = None) -> str:
+    """Hash of the settings and the inputs' contents: each file's sha256, or for a remote
+    folder read in place its listing's fingerprint (``"<ETag> <size>"``: nothing downloaded)."""
     h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
     for p in pairs:
         for path in (p.pre, p.post, p.label):
             if path is not None:
-                h.update(f"{_rel(root, path)}={_sha256(path)}\n".encode())
+                rel = _rel(root, path)
+                digest = _sha256(path) if listing is None else listing[str(rel)]
+                h.update(f"{rel}={digest}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -320,12 +325,12 @@ def ingest(in_uri: str, out_uri: str, config: TilingConfig | None = None,
     config = config or TilingConfig()
     store = storage.storage_for(out_uri)
     started = time.time()
-    with storage.local_tree(in_uri) as root:
+    with vsis3.reading_tree(in_uri) as (root, listing):  # s3:// is read in place, by window
         pairs, skipped = check_region(root, bands=config.bands,
                                       require_labels=config.require_labels,
                                       label_threshold=config.label_threshold,
-                                      skip_bad=config.skip_bad)
-        version = _version(root, pairs, config)
+                                      skip_bad=config.skip_bad, listing=listing)
+        version = _version(root, pairs, config, listing)
         existing = _up_to_date(store, out_uri, version)
         if existing is not None:
             log.info("%s is up to date (version %s): nothing to do", out_uri, version)

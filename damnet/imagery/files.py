@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,19 @@ class PairFiles:
     layout: str  #: "levir" or "geotiff"
 
 
-def detect_layout(root: Path) -> str:
+def _folders(root: Path, listing: Collection[str] | None) -> set[str]:
+    """Names of the sub-folders of ``root`` (from ``listing`` when given: relative file paths)."""
+    if listing is not None:
+        return {name.split("/", 1)[0] for name in listing if "/" in name}
+    return {p.name for p in Path(root).iterdir() if p.is_dir()} if Path(root).is_dir() else set()
+
+
+def detect_layout(root: Path, listing: Collection[str] | None = None) -> str:
+    folders = _folders(root, listing)
     for layout, (d1, d2) in LAYOUTS.items():
-        if (root / d1).is_dir() and (root / d2).is_dir():
+        if d1 in folders and d2 in folders:
             return layout
-    found = sorted(p.name + "/" for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
+    found = sorted(name + "/" for name in folders)
     raise ImageryError(
         root, "not a region folder: expected A/ and B/ (LEVIR style) or pre/ and post/ "
         "(GeoTIFF pairs), each with an optional label/; "
@@ -50,30 +59,33 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def _images(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
+def _images(root: Path, folder: str, listing: Collection[str] | None) -> dict[str, Path]:
+    if listing is not None:
+        files = [root / name for name in sorted(listing) if name.startswith(folder + "/")
+                 and "/" not in name[len(folder) + 1:]]
+    elif (root / folder).is_dir():
+        files = [p for p in sorted((root / folder).iterdir()) if p.is_file()]
+    else:
         return {}
-    return {
-        p.stem: p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    }
+    return {p.stem: p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
 
 
-def discover_pairs(root: Path, require_labels: bool = False,
-                   check_labels: bool = True) -> tuple[list[PairFiles], list[ImageryError]]:
+def discover_pairs(root: Path, require_labels: bool = False, check_labels: bool = True,
+                   listing: Collection[str] | None = None) -> tuple[list[PairFiles], list[ImageryError]]:
     """Pair up the images of a region folder by file name (the stem: ``x.png`` and ``x.tif``
-    pair up).
+    pair up). ``listing``: the folder's files as paths relative to ``root`` (a remote folder,
+    e.g. ``/vsis3/...``, that the file system cannot list); None: list ``root`` itself.
 
     Returns the complete pairs and one error per image that has no partner (or no label,
     when labels are required) and, unless ``check_labels`` is off, per label that has no
     image pair (a label named otherwise than its images would silently be unused).
     """
     root = Path(root)
-    layout = detect_layout(root)
+    layout = detect_layout(root, listing)
     d1, d2 = LAYOUTS[layout]
-    first, second, labels = _images(root / d1), _images(root / d2), _images(root / "label")
-    lookalikes = [] if labels else [n + "/" for n in LABEL_LOOKALIKES if (root / n).is_dir()]
+    first, second, labels = (_images(root, d, listing) for d in (d1, d2, "label"))
+    folders = _folders(root, listing)
+    lookalikes = [] if labels else [n + "/" for n in LABEL_LOOKALIKES if n in folders]
     if lookalikes:
         log.warning("%s: has %s but no label/; labels are read from label/ only (rename the "
                     "folder to use them)", root, ", ".join(lookalikes))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from damnet.errors import ImageryError, ImageryErrors
 from damnet.imagery.files import PairFiles, discover_pairs
 from damnet.imagery.labels import DEFAULT_LABEL_THRESHOLD, LabelReading, label_reading
 from damnet.imagery.raster import Band, check_bands, open_raster, read_padded
+from damnet.vsis3 import s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class Stretch:
     high: list[float]
 
     def apply(self, data: np.ndarray) -> np.ndarray:
+        if data.dtype == np.uint8 and not any(self.low) and all(h == 255 for h in self.high):
+            return data  # the identity: no float copy of every window of 8-bit imagery
         lo = np.asarray(self.low, dtype=np.float32)[:, None, None]
         hi = np.asarray(self.high, dtype=np.float32)[:, None, None]
         scaled = (data.astype(np.float32) - lo) / np.maximum(hi - lo, 1e-6)
@@ -111,7 +114,9 @@ class OpenPair:
         try:
             return read_padded(src, bands, window, masked)
         except RasterioIOError as exc:
-            raise ImageryError(path, f"cannot be read at window {window}: damaged or truncated file? "
+            where = str(path).startswith("/vsis3/")
+            raise ImageryError(s3_uri(path), f"cannot be read at window {window}: "
+                               f"{'store unreachable, or a ' if where else ''}damaged or truncated file? "
                                f"({exc})") from None
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -263,14 +268,15 @@ def opened(files: PairFiles, **kwargs) -> Iterator[OpenPair]:
 
 def check_region(root: Path, bands=None, require_labels: bool = False, skip_bad: bool = False,
                  ignore_labels: bool = False,
-                 label_threshold: int = DEFAULT_LABEL_THRESHOLD) -> tuple[list[PairFiles], list[ImageryError]]:
+                 label_threshold: int = DEFAULT_LABEL_THRESHOLD,
+                 listing: Collection[str] | None = None) -> tuple[list[PairFiles], list[ImageryError]]:
     """Discover and open every pair once; return the usable pairs and the skipped problems.
 
     With ``skip_bad`` each bad pair costs one warning line; otherwise all problems are
-    raised together as :class:`ImageryErrors`.
+    raised together as :class:`ImageryErrors`. ``listing``: see :func:`discover_pairs`.
     """
     pairs, errors = discover_pairs(root, require_labels=require_labels,
-                                   check_labels=not ignore_labels)
+                                   check_labels=not ignore_labels, listing=listing)
     if ignore_labels:  # e.g. prediction: the label files are neither opened nor checked
         pairs = [replace(files, label=None) for files in pairs]
     good = []

@@ -16,6 +16,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
+from damnet import vsis3
 from damnet.errors import ImageryError
 
 Band = int | str  #: a 1-based band number or a band description (or a word of it)
@@ -40,12 +41,18 @@ def parse_bands(text: str | Sequence[Band] | None) -> tuple[Band, ...] | None:
 
 
 def open_raster(path: Path) -> rasterio.DatasetReader:
+    """Open an image file; ``/vsis3/`` paths (:mod:`damnet.vsis3`) are read in place, and a
+    store GDAL cannot reach is a :class:`~damnet.errors.StorageError` naming the ``s3://`` URI."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        raise ImageryError(path, f"cannot be read as an image ({exc})") from None
+        if str(path).startswith("/vsis3/"):
+            problem = vsis3.gdal_problem(path, exc)
+            if problem is not None:
+                raise problem from None
+        raise ImageryError(vsis3.s3_uri(path), f"cannot be read as an image ({exc})") from None
 
 
 def describe_bands(src) -> str:
