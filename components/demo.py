@@ -158,7 +158,7 @@ def _summary(out: Path, region: str, region_run: Any, run: Any, started: float) 
         print(f"  Open it:       xdg-open {report['outputs']['report']}   (or any browser)")
     print(f"  MLflow UI:     {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri "
           f"sqlite:///{out / 'mlflow.db'} --host 127.0.0.1   # then http://127.0.0.1:5000")
-    print("  Airflow UI:    make airflow   # airflow standalone with these DAGs on http://127.0.0.1:8080")
+    print("  Airflow UI:    make airflow   # these DAGs and this run on http://127.0.0.1:8080")
     print(f"  Store:         {store}")
     return {"region_run": {"state": str(region_run.state), "tasks": _states(region_run)},
             "finetune_run": {"state": str(run.state), "tasks": states},

@@ -223,16 +223,18 @@ class _Plan:
         self.weights = blend_weights(self.tile_h, self.tile_w, overlap)
         self.acc = _RollingAccumulator(self.tile_h, self.height, self.width)
 
-    def blend(self, batch: list[tuple], probs: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """Add a batch's probabilities; yield the strips they finish."""
-        for (r, c, _, _, valid), prob in zip(batch, probs, strict=True):
+    def blend(self, where: list[tuple], probs: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Add a batch's probabilities (``where``: the ``(row, col, valid)`` of each window);
+        yield the strips they finish."""
+        for (r, c, valid), prob in zip(where, probs, strict=True):
             yield from self.acc.add(r, c, prob, self.weights * valid)
 
 
 def _model_batches(model: torch.nn.Module, pair: OpenPair, plan: _Plan, batch_size: int,
                    device: str | torch.device, progress: bool | None, stats: dict,
                    prefetch: int) -> Generator[tuple[list[tuple], np.ndarray], None, None]:
-    """``(batch, probs)`` for every batch of windows, read ``prefetch`` batches ahead."""
+    """``(where, probs)`` for every batch of windows, read ``prefetch`` batches ahead:
+    ``where`` holds each window's ``(row, col, valid)``, ``probs`` its (th, tw) probability."""
     dev = resolve_device(device) if isinstance(device, str) else device
     model.to(dev).eval()
     stats.update(windows=len(plan.offsets), windows_run=0)
@@ -244,7 +246,7 @@ def _model_batches(model: torch.nn.Module, pair: OpenPair, plan: _Plan, batch_si
             for batch in batches:
                 probs = _infer(model, dev, batch)
                 stats["windows_run"] += len(batch)
-                yield batch, probs
+                yield [(r, c, valid) for r, c, _, _, valid in batch], probs  # the pixels are done
 
 
 def probability_strips(
@@ -272,8 +274,8 @@ def probability_strips(
     stats = {} if stats is None else stats
     batches = _model_batches(model, pair, plan, batch_size, device, progress, stats, prefetch)
     with contextlib.closing(batches):
-        for batch, probs in batches:
-            yield from plan.blend(batch, probs)
+        for where, probs in batches:
+            yield from plan.blend(where, probs)
     yield from plan.acc.release(plan.height)
 
 
