@@ -10,6 +10,7 @@ in the scene's CRS) and <scene>_overlay.png (a quicklook), plus summary.json.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -18,7 +19,7 @@ from rasterio.enums import Resampling
 from components.inputs import model_input
 from components.records import Layout, StepInput, tree_digest, write_json
 from components.step import RunOptions, run_step
-from damnet import registry, storage
+from damnet import registry, storage, vsis3
 from damnet.predict import predict_region
 from damnet.quicklook import save_png
 
@@ -44,6 +45,21 @@ def overlay(image_path: str, change_uri: str, out_uri: str) -> None:
     save_png(out_uri, rgb.astype(np.uint8))
 
 
+def _post_image(root: Path, listing: dict[str, str] | None, name: str) -> str | None:
+    """The post image of scene ``name`` under ``root`` (a local folder, or ``/vsis3/...`` with the
+    prefix's ``listing``), for its quicklook."""
+    for sub in ("post", "B"):
+        if listing is None:
+            found = sorted((root / sub).glob(name + ".*"))
+            if found:
+                return str(found[0])
+        else:
+            keys = sorted(k for k in listing if k.startswith(f"{sub}/{name}."))
+            if keys:
+                return str(root / keys[0])
+    return None
+
+
 def run(args: argparse.Namespace) -> None:
     layout = Layout.from_args(args)
     model_ref = model_input(args.model or f"models:/{registry.registered_name(layout.region)}@{registry.CHAMPION}")
@@ -55,16 +71,15 @@ def run(args: argparse.Namespace) -> None:
     def body(run):
         model, _ = registry.load_model(model_ref["uri"])
         scenes = []
-        with storage.local_tree(imagery) as root:  # fetched once: prediction and quicklooks read it
-            results = predict_region(model, str(root), run.out, tile=args.tile, overlap=args.overlap,
-                                     batch_size=args.batch_size, threshold=args.threshold,
-                                     min_area_px=args.min_area_px, device=args.device)
+        results = predict_region(model, imagery, run.out, tile=args.tile, overlap=args.overlap,
+                                 batch_size=args.batch_size, threshold=args.threshold,
+                                 min_area_px=args.min_area_px, device=args.device)
+        with vsis3.reading_tree(imagery) as (root, listing):  # s3:// read in place, by window
             for r in results:
-                post = next(iter(sorted((root / "post").glob(r["name"] + ".*")) or
-                                 sorted((root / "B").glob(r["name"] + ".*"))), None)
+                post = _post_image(root, listing, r["name"])
                 quicklook = run.path(f"{r['name']}_overlay.png")
                 if post is not None:
-                    overlay(str(post), r["change_uri"], quicklook)
+                    overlay(post, r["change_uri"], quicklook)
                 scenes.append({"name": r["name"], "probability": r["prob_uri"], "change": r["change_uri"],
                                "polygons_uri": r["buildings_uri"], "polygons": r["polygons"],
                                "changed_fraction": r["changed_share"], "crs": r["crs"],
