@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -104,3 +105,28 @@ def test_real_test_scenes_exist_and_never_join_the_pool():
         names = real._scene_names(real.SHARED / target.folder)
         assert set(target.test) <= set(names), key
         assert 0 < len(target.test) < len(names), key
+
+
+def test_gpu_perf_smoke_run_reports_every_part_in_one_markdown_block(tmp_path):
+    """bench/gpu_perf.py is the prepared script for a lent GPU: its CPU smoke mode must run every
+    part (inference with prefetch, the engine's adapt step, DDP over 2 Gloo processes) and write
+    the whole block, so the device run does not die on a bug a CPU could have found."""
+    import re
+
+    out = tmp_path / "gpu_perf.md"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_perf.py"), "--device", "cpu", "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.strip() in proc.stdout
+    for heading in ("#### Inference", "#### Adapt step", "#### DDP adaptation scaling"):
+        assert heading in text, heading
+    assert "torch " in text and "no GPU" in text and "goal (issue 18)" in text
+    best = re.search(r"\*\*([0-9.]+) MPx/s\*\*.*goal \(234 MPx/s\): \*\*(NOT met|met)\*\*", text)
+    assert best and float(best.group(1)) > 0
+    step = re.search(r"Best: eager, batch (\d+) per stream, ([0-9.]+) s/step", text)
+    assert step and float(step.group(2)) > 0
+    assert re.search(r"^\| 1 \| [0-9.]+ \|", text, re.M) and re.search(r"^\| 2 \| [0-9.]+ \|", text, re.M)
+    layout = re.search(r"channels-last vs NCHW, same weights: max \|change probability difference\| (\S+)", text)
+    assert layout and float(layout.group(1)) < 1e-4  # the memory layout does not change the answer
