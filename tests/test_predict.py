@@ -405,5 +405,7 @@ def test_a_large_scene_is_predicted_with_bounded_memory(tmp_path):
     assert summary["windows"] == 43 * 5
     full_scene_float = 8192 * 1024 * 4
     mib = f"peak traced numpy memory: {short / 2**20:.1f} MiB (512 rows), {tall / 2**20:.1f} MiB (8192 rows)"
-    assert tall < short + 2 * 2**20, mib  # does not grow with the height (16x the rows)
+    # Does not grow with the height (16x the rows). The reader and writer threads may each hold a
+    # batch (windows and their probabilities) more at the peak, depending on timing.
+    assert tall < short + 4 * 2**20, mib
     assert tall < full_scene_float / 3, mib
