@@ -190,3 +190,40 @@ def postgres_url(tmp_path_factory):
     finally:
         sh(f"pg_ctl -D {root}/db -m fast stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: small training settings for the steps in tests
+TINY = ["--batch-size", "4", "--crop", "64"]
+
+
+def exported_region(root: Path, mp: pytest.MonkeyPatch, truth: Path, train_steps: int = 10, adapt_steps: int = 4,
+                    select: tuple[str, ...] = ()) -> tuple[Path, list[str]]:
+    """A store under ``root`` whose labelled 'source' region has a trained model and whose region
+    'newtown' (synthetic, its labels written to ``truth``) went through ingest, adapt, select (a
+    budget of 2, 4 audit tiles, plus ``select``) and export-labels, with MLflow on SQLite
+    (``mp`` sets the environment for the caller's scope). Returns the store and newtown's
+    ``--store .. --region newtown`` arguments."""
+    import mlflow
+
+    from components.cli import main
+    from damnet.synthetic import write_region
+
+    store = root / "store"
+    mp.chdir(root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    write_region(str(store / "imagery" / "source"), "source", n_scenes=1, size=256, seed=0)
+    write_region(str(store / "imagery" / "newtown"), "target_season", n_scenes=1, size=256, seed=1,
+                 labels_uri=str(truth))
+    s = ["--store", str(store)]
+    r = [*s, "--region", "newtown"]
+    for argv in (["ingest", *s, "--region", "source", "--tile-size", "64", "--require-labels"],
+                 ["train", *s, "--steps", str(train_steps), *TINY],
+                 ["ingest", *r, "--tile-size", "64"],
+                 ["adapt", *r, "--steps", str(adapt_steps), *TINY],
+                 ["select", *r, "--budget", "2", "--audit", "4", "--max-label-share", "0.5", *select],
+                 ["export-labels", *r]):
+        assert main(argv) == 0, argv
+    return store, r
+

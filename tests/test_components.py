@@ -9,36 +9,19 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from conftest import TINY, exported_region
 
 from components.cli import main
 from damnet.synthetic import write_region
-
-TINY = ["--batch-size", "4", "--crop", "64"]
 
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory):
     """A store with a trained source model and region 'newtown' adapted, selected and exported."""
     root = tmp_path_factory.mktemp("components")
-    store = root / "store"
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        write_region(str(store / "imagery" / "source"), "source", n_scenes=1, size=256, seed=0)
-        write_region(str(store / "imagery" / "newtown"), "target_season", n_scenes=1, size=256, seed=1,
-                     labels_uri=str(root / "truth" / "label"))
-        s = ["--store", str(store)]
-        r = [*s, "--region", "newtown"]
-        for argv in (["ingest", *s, "--region", "source", "--tile-size", "64", "--require-labels"],
-                     ["train", *s, "--steps", "20", *TINY],
-                     ["ingest", *r, "--tile-size", "64"],
-                     ["adapt", *r, "--steps", "6", *TINY],
-                     ["select", *r, "--budget", "2", "--audit", "4", "--max-label-share", "0.5",
-                      "--reference", "source"],
-                     ["export-labels", *r]):
-            assert main(argv) == 0, argv
+        store, r = exported_region(root, mp, root / "truth" / "label", train_steps=20, adapt_steps=6,
+                                   select=("--reference", "source"))
         yield {"root": root, "store": store, "args": r, "truth": root / "truth" / "label", "mp": mp}
         mlflow.set_tracking_uri(None)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import exported_region
 
 from components.cli import main
 from damnet.labelstudio import (
@@ -229,27 +230,9 @@ def exported(tmp_path_factory):
     """A store whose region 'newtown' went through export-labels (a source model, adapt, select)."""
     import mlflow
 
-    from damnet.synthetic import write_region
-
     root = tmp_path_factory.mktemp("ls-region")
-    store = root / "store"
-    tiny = ["--batch-size", "4", "--crop", "64"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        write_region(str(store / "imagery" / "source"), "source", n_scenes=1, size=256, seed=0)
-        write_region(str(store / "imagery" / "newtown"), "target_season", n_scenes=1, size=256, seed=1,
-                     labels_uri=str(root / "truth" / "label"))
-        s = ["--store", str(store)]
-        r = [*s, "--region", "newtown"]
-        for argv in (["ingest", *s, "--region", "source", "--tile-size", "64", "--require-labels"],
-                     ["train", *s, "--steps", "10", *tiny], ["ingest", *r, "--tile-size", "64"],
-                     ["adapt", *r, "--steps", "4", *tiny],
-                     ["select", *r, "--budget", "2", "--audit", "4", "--max-label-share", "0.5"],
-                     ["export-labels", *r]):
-            assert main(argv) == 0, argv
+        store, r = exported_region(root, mp, root / "truth" / "label")
         yield {"store": store, "args": r, "truth": root / "truth" / "label", "mp": mp}
         mlflow.set_tracking_uri(None)
 
