@@ -89,6 +89,7 @@ class Plan:
     batch: int = 8
     crop: int = 128
     seeds: int = 3
+    first_seed: int = 0  #: seeds first_seed .. first_seed + seeds - 1
     budgets: tuple[int, ...] = (1, 2, 4)
     preset: str = "tiny"
     adapt: dict = field(default_factory=dict)  #: TrainConfig overrides of the adaptation
@@ -209,7 +210,7 @@ def run_target(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet, sr
 
     if upto == "adapt":
         row = Row("adaptation", "0")
-        for seed in range(plan.seeds):
+        for seed in range(plan.first_seed, plan.first_seed + plan.seeds):
             adapted, _, seconds = adapted_model(work, plan, key, src_model, source, unlabelled, seed)
             row.metrics.append(measure(adapted))
             row.seconds.append(seconds)
@@ -222,7 +223,7 @@ def run_target(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet, sr
         rows.update({n: done[n] for n in ["adaptation", *names]})
     else:
         chain: dict[str, Row] = {n: Row(n, "0") for n in ["adaptation", *names]}
-        for seed in range(plan.seeds):
+        for seed in range(plan.first_seed, plan.first_seed + plan.seeds):
             adapted, disc_state, adapt_s = adapted_model(work, plan, key, src_model, source, unlabelled, seed)
             chain["adaptation"].metrics.append(measure(adapted))
             chain["adaptation"].seconds.append(adapt_s)
@@ -253,7 +254,7 @@ def run_target(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet, sr
         rows[name] = done[name]
     else:
         row = Row(name, f"{n10} ({100 * n10 / len(pool):.1f} %)")
-        for seed in range(plan.seeds):
+        for seed in range(plan.first_seed, plan.first_seed + plan.seeds):
             t = time.time()
             idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n10].tolist()
             model = copy.deepcopy(src_model)
@@ -294,7 +295,7 @@ def baseline_rows(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet,
             name = f"{base} + histogram matching {100 * a:.0f} %"
             if name not in done:
                 row = Row(name, "0")
-                seeds = range(1) if base == "source" else range(plan.seeds)
+                seeds = range(1) if base == "source" else range(plan.first_seed, plan.first_seed + plan.seeds)
                 for seed in seeds:
                     t = time.time()
                     model = src_model if base == "source" else adapted_model(
@@ -400,6 +401,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default=",".join(TARGETS), help=f"of {', '.join(TARGETS)}")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST .. FIRST + SEEDS - 1")
     ap.add_argument("--work", default="runs/bench-real", help="cache of regions, models and rows")
     ap.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     ap.add_argument("--json", default=None, help="write all rows here")
@@ -419,6 +421,7 @@ def main() -> None:
     plan = Plan.quick() if args.quick else Plan()
     if args.seeds:
         plan.seeds = args.seeds
+    plan.first_seed = args.first_seed
     plan.adapt, plan.finetune = _overrides(args.adapt_set), _overrides(args.finetune_set)
     plan.match_histograms = args.match_histograms
     work = Path(args.work) / ("quick" if args.quick else "full")
