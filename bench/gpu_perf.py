@@ -233,25 +233,8 @@ def inference(plan: Plan, deadline: Deadline, notes: list[str]) -> tuple[list[tu
         rows.append(("reference: NCHW, eager, no prefetch (speed.py)",
                      time_inference(ref, plan, 8, deadline, channels_last=False, prefetch=False)))
         del ref
-    best: dict | None = None
-    for batch in plan.batches:
-        if deadline.left() <= 0:
-            notes.append(f"inference: batch search stopped at {batch} (budget)")
-            break
-        try:
-            r = time_inference(model, plan, batch, deadline)
-        except _oom():
-            notes.append(f"inference: batch {batch} ran out of memory; search stopped")
-            break
-        rows.append(("channels-last, eager, prefetch", r))
-        if best is not None and r["mpx_s"] < 1.03 * best["mpx_s"]:
-            notes.append(f"inference: batch {batch} gained < 3 % over {best['batch']}; search stopped")
-            best = max(best, r, key=lambda x: x["mpx_s"])
-            break
-        best = r
-        if not _fits(plan.device, r["peak_gib"], 2.0):
-            notes.append(f"inference: batch {2 * batch} would pass {MEMORY_CAP:.0%} of GPU memory; search stopped")
-            break
+    best = _batch_search("inference", "", plan.batches, lambda batch: time_inference(model, plan, batch, deadline),
+                         "mpx_s", "channels-last, eager, prefetch", plan, deadline, rows, notes)
     assert best is not None, "no inference batch was measured"
     best = dict(best, how="eager")
     notes.append(f"inference: channels-last vs NCHW, same weights: max |change probability difference| "
@@ -324,27 +307,37 @@ def host_batch_seconds(plan: Plan, root: str, batch: int, n: int = 3) -> float:
     return (time.perf_counter() - t) / n
 
 
-def adapt(plan: Plan, root: str, deadline: Deadline, notes: list[str]) -> tuple[list[tuple[str, dict]], dict]:
-    rows: list[tuple[str, dict]] = []
+def _batch_search(part: str, unit: str, batches, measure, rate: str, row: str, plan: Plan, deadline: Deadline,
+                  rows: list[tuple[str, dict]], notes: list[str]) -> dict | None:
+    """Measure ``batches`` in order (each row added to ``rows``) until the budget, memory or a gain
+    under 3 % in ``rate`` stops the search; the best measurement, None if none was made."""
     best: dict | None = None
-    for batch in plan.adapt_batches:
+    for batch in batches:
         if deadline.left() <= 0:
-            notes.append(f"adapt: batch search stopped at {batch} per stream (budget)")
+            notes.append(f"{part}: batch search stopped at {batch}{unit} (budget)")
             break
         try:
-            r = adapt_run(plan, root, batch, plan.steps, False, deadline.share(0.3))
+            r = measure(batch)
         except _oom():
-            notes.append(f"adapt: batch {batch} per stream ran out of memory; search stopped")
+            notes.append(f"{part}: batch {batch}{unit} ran out of memory; search stopped")
             break
-        rows.append(("engine, channels-last, eager", r))
-        if best is not None and r["pairs_s"] < 1.03 * best["pairs_s"]:
-            notes.append(f"adapt: batch {batch} per stream gained < 3 % over {best['batch']}; search stopped")
-            best = max(best, r, key=lambda x: x["pairs_s"])
+        rows.append((row, r))
+        if best is not None and r[rate] < 1.03 * best[rate]:
+            notes.append(f"{part}: batch {batch}{unit} gained < 3 % over {best['batch']}; search stopped")
+            best = max(best, r, key=lambda x: x[rate])
             break
         best = r
         if not _fits(plan.device, r["peak_gib"], 2.0):
-            notes.append(f"adapt: batch {2 * batch} per stream would pass {MEMORY_CAP:.0%} of GPU memory; stopped")
+            notes.append(f"{part}: batch {2 * batch}{unit} would pass {MEMORY_CAP:.0%} of GPU memory; search stopped")
             break
+    return best
+
+
+def adapt(plan: Plan, root: str, deadline: Deadline, notes: list[str]) -> tuple[list[tuple[str, dict]], dict]:
+    rows: list[tuple[str, dict]] = []
+    best = _batch_search("adapt", " per stream", plan.adapt_batches,
+                         lambda batch: adapt_run(plan, root, batch, plan.steps, False, deadline.share(0.3)),
+                         "pairs_s", "engine, channels-last, eager", plan, deadline, rows, notes)
     assert best is not None, "no adapt batch was measured"
     best = dict(best, how="eager")
     if not plan.compile:
