@@ -140,7 +140,7 @@ class Opt:
         return out
 
 
-def _store() -> Opt:
+def store() -> Opt:
     return Opt("--store", default=DEFAULT_STORE, env="DAMNET_STORE",
                help="store root: local folder or s3:// prefix (env DAMNET_STORE)")
 
@@ -148,7 +148,7 @@ def _store() -> Opt:
 def common(region_default: str | None = None) -> list[Opt]:
     """Options of every step that works on a region of the store."""
     return [
-        _store(),
+        store(),
         Opt("--region", default=region_default, required=region_default is None, pattern=REGION_PATTERN,
             help="region name (lower-case letters, digits, '-')"),
         Opt("--run-group", default="manual", env="DAMNET_RUN_GROUP",

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from components.spec import REGION_PATTERN, Opt, common, device, source_model, source_region
+from components.spec import REGION_PATTERN, Opt, common, device, source_model, source_region, store
 
 #: --steps of each training mode: short CPU runs (a region on a laptop in minutes); this is the
 #: workflows' "cpu" compute profile, and PROFILE_STEPS holds the others'.
@@ -301,7 +301,7 @@ _CACHE: dict[str, list[Opt]] = {}
 
 def _scan() -> list[Opt]:
     return [
-        _store_option(),
+        store(),
         Opt("--source-regions", default="source", env="DAMNET_SOURCE_REGIONS",
             help="comma-separated regions never re-run (env DAMNET_SOURCE_REGIONS)"),
         Opt("--run-group", default="manual", env="DAMNET_RUN_GROUP",
@@ -312,7 +312,7 @@ def _scan() -> list[Opt]:
 
 def _labels_status() -> list[Opt]:
     return [
-        _store_option(),
+        store(),
         Opt("--region", required=True, pattern=REGION_PATTERN, help="region name"),
         Opt("--json", "switch", False, "print the status as one JSON line"),
         Opt("--pull", "switch", False, "with a Label Studio server configured (LABEL_STUDIO_URL, "
@@ -324,7 +324,7 @@ def _labels_status() -> list[Opt]:
 def _label_studio(push: bool) -> list[Opt]:
     """labels-push / labels-pull: the region's tasks to and from a Label Studio server."""
     opts = [
-        _store_option(),
+        store(),
         Opt("--region", required=True, pattern=REGION_PATTERN, help="region name"),
         Opt("--run-group", default="manual", env="DAMNET_RUN_GROUP", help="the pipeline run this is part of"),
         Opt("--json", "switch", False, "print the result as one JSON line, last"),
@@ -341,10 +341,6 @@ def _label_studio(push: bool) -> list[Opt]:
                 help="--images s3: the S3 endpoint Label Studio uses (env DAMNET_S3_ENDPOINT_URL; empty: AWS)"),
         ]
     return opts + [Opt("--partial", "switch", False, "pull the annotated tasks even if not all are done")]
-
-
-def _store_option() -> Opt:
-    return next(o for o in common() if o.flag == "--store")
 
 
 #: step -> the function that declares its options
