@@ -117,13 +117,13 @@ def test_streamed_strips_equal_a_whole_scene_blend(tmp_path):
     np.testing.assert_allclose(got, total / weight, atol=1e-5)
 
 
-def _peak_memory(root: Path, height: int, width: int) -> tuple[int, dict]:
+def _peak_memory(root: Path, height: int, width: int, prefetch: int) -> tuple[int, dict]:
     [files], _ = discover_pairs(_scene(root, height, width, noise=3))
     pair = open_pair(files)
     tracemalloc.start()
     try:
         summary = predict_scene(PixelModel(), pair, str(root / "out"), "city", tile=256,
-                                overlap=64, batch_size=4, progress=False, prefetch=2)
+                                overlap=64, batch_size=4, progress=False, prefetch=prefetch)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -131,15 +131,18 @@ def _peak_memory(root: Path, height: int, width: int) -> tuple[int, dict]:
     return peak, summary
 
 
-def test_memory_stays_bounded_on_a_few_megapixel_scene(tmp_path):
+@pytest.mark.parametrize("prefetch, slack_mib", [(0, 3), (2, 6)])
+def test_memory_stays_bounded_on_a_few_megapixel_scene(tmp_path, prefetch, slack_mib):
     """3 x 4000 x 1000 px (4 MPx) needs no more traced memory than 3 x 1000 x 1000 (the window
     reads, the queues of both threads, the rolling accumulators and the strips written are
-    bounded by tile x width), and less than one full-scene float32 array (16 MB)."""
-    short, _ = _peak_memory(tmp_path / "short", 1000, 1000)
-    tall, summary = _peak_memory(tmp_path / "tall", 4000, 1000)
+    bounded by tile x width), and less than one full-scene float32 array (16 MB). With the reader
+    and writer threads, how many batches are in flight at the peak depends on timing (one batch:
+    4 windows and their probabilities), hence the slack per run."""
+    short, _ = _peak_memory(tmp_path / "short", 1000, 1000, prefetch)
+    tall, summary = _peak_memory(tmp_path / "tall", 4000, 1000, prefetch)
     assert summary["height"] == 4000 and summary["windows"] == 21 * 5 and summary["polygons"] == 1
     mib = f"peak traced memory {short / 2**20:.1f} MiB (1000 rows), {tall / 2**20:.1f} MiB (4000 rows)"
-    assert tall < short + 3 * 2**20, mib
+    assert tall < short + slack_mib * 2**20, mib
     assert tall < 4000 * 1000 * 4, mib
 
 
