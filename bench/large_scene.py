@@ -15,6 +15,7 @@ measure: batch 4 of 256 px tiles, no I/O) in the same process: ``windows x tile^
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import sys
@@ -32,6 +33,7 @@ from rasterio.windows import Window
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from damnet.imagery import discover_pairs, opened  # noqa: E402
+from damnet.imagery.raster import bound_gdal_cache  # noqa: E402
 from damnet.models import PRESETS, ChangeNet  # noqa: E402
 from damnet.predict import predict_scene  # noqa: E402
 from damnet.tiling import TilingConfig, ingest  # noqa: E402
@@ -149,11 +151,13 @@ def main() -> None:
     ap.add_argument("--pairs", default="u8,u16")
     ap.add_argument("--work", default=None, help="folder for the scenes and outputs (default: a temp folder)")
     args = ap.parse_args()
+    bound_gdal_cache()  # what a damnet step does (GDAL_CACHEMAX, unless set)
     torch.manual_seed(0)
     model = ChangeNet(PRESETS[args.preset]).eval()
     print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s); {args.size} x {args.size} px, preset {args.preset}, "
-          f"tile {args.tile}, overlap {args.overlap}, batch {args.batch}, prefetch {args.prefetch}", flush=True)
+          f"tile {args.tile}, overlap {args.overlap}, batch {args.batch}, prefetch {args.prefetch}, "
+          f"GDAL_CACHEMAX {os.environ['GDAL_CACHEMAX']}", flush=True)
     bare = bare_model_mpx_s(model, args.batch, args.tile)
     print(f"bare model: {bare:.2f} MPx/s (batch {args.batch} x {args.tile} px, no I/O)", flush=True)
     with tempfile.TemporaryDirectory(prefix="damnet-large-", dir=args.work) as d:

@@ -22,6 +22,7 @@ import warnings
 from components import spec, tracking
 from damnet import __version__
 from damnet.errors import DamnetError, StorageError
+from damnet.imagery.raster import bound_gdal_cache
 from damnet.storage import is_s3, local_path
 from damnet.threads import ENV_VAR, ThreadsError, configure_threads, parse_threads
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     # Before torch loads: its idle OpenMP threads sleep instead of spinning (damnet/threads.py).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    bound_gdal_cache()  # GDAL's block cache: MBs, not 5 % of the node's RAM
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -213,3 +213,67 @@ def test_a_writer_error_reaches_the_caller():
         behind.close()
     behind.close(wait=False)
     assert seen == [1]  # nothing after the failure is written
+
+
+_READ_STRIPS = """
+import sys
+import rasterio
+from rasterio.windows import Window
+from damnet.imagery.raster import bound_gdal_cache
+if sys.argv[2] == "bound":
+    bound_gdal_cache()
+with rasterio.open(sys.argv[1]) as src:  # the strips a step reads, top to bottom
+    for row in range(0, src.height, 256):
+        src.read(window=Window(0, row, src.width, min(256, src.height - row)))
+status = open("/proc/self/status").read()
+print(int(status.split("VmHWM:")[1].split()[0]) // 1024)
+"""
+
+
+def test_a_step_bounds_gdals_block_cache_on_a_scene_larger_than_it(tmp_path):
+    """GDAL keeps up to 5 % of the machine's RAM of decoded blocks by default (gigabytes on a
+    large node); a step keeps GDAL_CACHE_MB, so reading a 648 MB scene strip by strip stays near
+    that bound, and GDAL_CACHEMAX set by the user wins."""
+    import os
+    import subprocess
+    import sys
+
+    from damnet.imagery.raster import GDAL_CACHE_MB
+
+    path = tmp_path / "scene.tif"
+    size = 9000  # 9000 x 9000 x 4 x uint16 = 648 MB decoded, well above the bound
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=4, dtype="uint16",
+                       tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+                       crs="EPSG:32631", transform=Affine(1, 0, 0, 0, -1, 0)) as dst:
+        strip = np.zeros((4, 512, size), np.uint16)
+        for row in range(0, size, 512):
+            h = min(512, size - row)
+            dst.write(strip[:, :h], window=Window(0, row, size, h))
+
+    def peak_mib(mode: str, **env: str) -> int:
+        clean = {k: v for k, v in os.environ.items() if k != "GDAL_CACHEMAX"} | env
+        out = subprocess.run([sys.executable, "-c", _READ_STRIPS, str(path), mode], env=clean,
+                             capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    floor = peak_mib("bound", GDAL_CACHEMAX="1")  # the interpreter, rasterio and one strip
+    bound = peak_mib("bound")
+    assert bound < floor + GDAL_CACHE_MB + 40, (floor, bound)
+    assert peak_mib("bound", GDAL_CACHEMAX="2000") > bound + 200  # the user's setting is kept
+
+
+def test_the_cli_sets_the_cache_bound_unless_the_user_did(monkeypatch):
+    import os
+
+    from components import cli
+    from damnet.imagery.raster import GDAL_CACHE_MB
+
+    monkeypatch.setenv("GDAL_CACHEMAX", "x")
+    monkeypatch.delenv("GDAL_CACHEMAX")
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert os.environ["GDAL_CACHEMAX"] == str(GDAL_CACHE_MB)
+    monkeypatch.setenv("GDAL_CACHEMAX", "64")
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert os.environ["GDAL_CACHEMAX"] == "64"
