@@ -5,8 +5,9 @@ one ``error:`` line and exit with status 2 (a store path that cannot be used, cr
 missing bucket, a device that is not there, ...); a service that does not answer (the S3
 endpoint, the MLflow server: ``damnet.errors.Unavailable``) exits with 75, which Airflow
 retries; a candidate the promotion gate refuses exits with 3 (a verdict, not a failure); Ctrl-C
-prints ``error: interrupted`` and exits with 130 (the step's lock released, its record
-untouched); anything else is a bug and keeps its traceback. docs/pipeline.md, "Errors".
+prints ``error: interrupted`` and exits with 130, SIGTERM (Kubernetes stopping a pod, Airflow
+stopping a task) ``error: terminated`` and 143, each with the step's lock released and its
+record untouched; anything else is a bug and keeps its traceback. docs/pipeline.md, "Errors".
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 
 from components import spec, tracking
@@ -107,6 +110,18 @@ def _threads(text: str) -> int:
 
 #: exit status of a run stopped by Ctrl-C (SIGINT), as shells report it
 EXIT_INTERRUPTED = 130
+#: ... and of one stopped by SIGTERM
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: locks released,
+    the MLflow run ended as KILLED, nothing half-written committed. Without a handler SIGTERM
+    ends Python on the spot, and a pod stopped by Kubernetes left its step's lock behind."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def check_store(store: str | None) -> None:
@@ -130,6 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     bound_gdal_cache()  # GDAL's block cache: MBs, not 5 % of the node's RAM
     args = build_parser().parse_args(argv)
+    # (signal handlers belong to the main thread; main() is also called in-process by tests)
+    handler = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if handler else None
+    try:
+        return _run(args)
+    finally:
+        if handler:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not args.verbose:  # MLflow's database set-up chatter is not news to the user
@@ -153,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {unavailable}", file=sys.stderr)
         return unavailable.exit_code
-    except KeyboardInterrupt:
-        print(f"error: interrupted (damnet {args.step})", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"error: {what} (damnet {args.step})", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     return 0
 
 

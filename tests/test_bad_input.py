@@ -400,7 +400,10 @@ def test_a_tracking_timeout_that_is_not_a_number_is_named(pipeline, capsys, monk
 
 # --------------------------------------------------------------------------- Ctrl-C
 
-def test_ctrl_c_is_one_line_status_130_and_the_lock_is_released(pipeline):
+@pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"),
+                                               (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_is_one_line_and_the_lock_is_released(pipeline, sig, status, word):
+    """Ctrl-C, and SIGTERM (Kubernetes stopping a pod, Airflow stopping a task)."""
     store = pipeline["store"]
     before = digest(store)
     env = {**os.environ, "MLFLOW_TRACKING_URI": pipeline["mlflow"], "OMP_NUM_THREADS": "1"}
@@ -414,14 +417,14 @@ def test_ctrl_c_is_one_line_status_130_and_the_lock_is_released(pipeline):
                 break
         assert (store / "regions/newtown/steps/finetune.lock").exists()
         time.sleep(3)  # into the training loop
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         sent = time.monotonic()
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert time.monotonic() - sent < 30
-    assert proc.returncode == 130, err
-    assert one_error(err) == "error: interrupted (damnet finetune)"
+    assert proc.returncode == status, err
+    assert one_error(err) == f"error: {word} (damnet finetune)"
     assert not (store / "regions/newtown/steps/finetune.lock").exists()
     after = digest(store)  # interrupted before its first checkpoint: nothing of it is stored
     assert after == before, set(after) ^ set(before)
