@@ -24,7 +24,7 @@ import warnings
 
 from components import spec, tracking
 from damnet import __version__
-from damnet.errors import DamnetError, StorageError
+from damnet.errors import DamnetError, StorageError, redact_secrets
 from damnet.imagery.raster import bound_gdal_cache
 from damnet.storage import is_s3, local_path
 from damnet.threads import ENV_VAR, ThreadsError, configure_threads, parse_threads
@@ -171,13 +171,13 @@ def _run(args: argparse.Namespace) -> int:
         configure_threads(args.threads)
         args._run(args)
     except DamnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_secrets(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # an MLflow call deep in a step whose server stopped answering
         unavailable = tracking.unavailable_from(exc)
         if unavailable is None:
             raise
-        print(f"error: {unavailable}", file=sys.stderr)
+        print(f"error: {redact_secrets(str(unavailable))}", file=sys.stderr)
         return unavailable.exit_code
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from components import tracking
 from components.records import (
     Layout,
     Record,
@@ -18,6 +19,7 @@ from components.records import (
 )
 from damnet import storage
 from damnet.data import TileSet
+from damnet.errors import redact_secrets
 
 
 def tiles_of(layout: Layout, labels: str | None = "manifest") -> tuple[TileSet, Record]:
@@ -92,11 +94,18 @@ def model_input(ref: str) -> StepInput:
     if not m:
         raise ModelError(f"{ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
     name, alias, version = m.groups()
+    uri = mlflow.get_tracking_uri()
+    # a server that does not answer: one error within DAMNET_MLFLOW_TIMEOUT (exit 75), not
+    # minutes of MLflow's own retries (steps that open an MLflow run check this there too)
+    tracking.check_tracking(uri, tracking.tracking_timeout())
     client = mlflow.MlflowClient()
     try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        with tracking.reaching_tracking():
+            mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except tracking.TrackingUnavailable:
+        raise
     except Exception as exc:  # noqa: BLE001 - MlflowException: unknown model, alias or version
-        raise ModelError(f"{ref}: not found in the MLflow registry at {mlflow.get_tracking_uri()} "
-                         f"({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{ref}: not found in the MLflow registry at {tracking.redact(uri)} "
+                         f"({redact_secrets(str(exc).splitlines()[0])})") from None
     pinned = f"models:/{name}/{mv.version}"
     return {"uri": pinned, "digest": f"{name}/{mv.version}", "requested": ref}

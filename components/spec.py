@@ -241,13 +241,13 @@ def standalone(step: str, run: Callable[[argparse.Namespace], None], doc: str | 
                argv: list[str] | None = None) -> int:
     """``damnet STEP`` without loading every step's module (``python -m components.<module>``: what
     the labels sensor runs every few minutes): the step's own options, one ``error:`` line."""
-    from damnet.errors import DamnetError
+    from damnet.errors import DamnetError, redact_secrets
 
     parser = argparse.ArgumentParser(prog=f"damnet {step}", description=doc)
     add_arguments(parser, step)
     try:
         run(parser.parse_args(argv))
     except DamnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_secrets(str(exc))}", file=sys.stderr)
         return exc.exit_code
     return 0

@@ -6,6 +6,19 @@ line instead of a stack trace.
 
 from __future__ import annotations
 
+import re
+
+#: ``scheme://user:password@``: a URI's password (percent-encoded, so no ``/``, ``@`` or space)
+_URI_PASSWORD = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*):[^\s/@]+@")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the password of every URI in it as ``***`` (``http://u:pw@h`` ->
+    ``http://u:***@h``): error messages of MLflow, SQLAlchemy and requests quote the URI they
+    were given, credentials and all."""
+    return _URI_PASSWORD.sub(r"\1:***@", text)
+
+
 #: exit statuses of the ``damnet`` command (docs/pipeline.md, "Errors"): the input is wrong (no
 #: retry helps), the promotion gate refused the candidate (a verdict, not a failure)
 EXIT_BAD_INPUT = 2

@@ -33,7 +33,7 @@ import torch
 
 from damnet import storage
 from damnet.checkpoint import unreadable
-from damnet.errors import DamnetError
+from damnet.errors import DamnetError, redact_secrets
 from damnet.metrics import Interval, bootstrap_f1, bootstrap_f1_difference, confusion_counts
 from damnet.models import ChangeNet, ModelConfig
 
@@ -88,7 +88,7 @@ def load_model(ref: str) -> tuple[ChangeNet, dict]:
             local = mlflow.artifacts.download_artifacts(artifact_uri=ref)
         except Exception as exc:  # noqa: BLE001 - MlflowException and transport errors alike
             raise ModelError(f"{ref}: cannot be resolved in the MLflow registry "
-                             f"({str(exc).splitlines()[0]})") from None
+                             f"({redact_secrets(str(exc).splitlines()[0])})") from None
         found = sorted(Path(local).rglob(MODEL_FILE))
         if not found:
             raise ModelError(f"{ref}: the registered model has no {MODEL_FILE} artifact")

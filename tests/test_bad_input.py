@@ -349,15 +349,16 @@ def tracking(monkeypatch, pipeline):
     mlflow.set_tracking_uri(pipeline["mlflow"])
 
 
+@pytest.mark.parametrize("step", ["select", "predict"])  # predict: only a models:/ URI to resolve
 def test_tracking_server_down_fails_in_bounded_time_and_releases_the_lock(pipeline, capsys, monkeypatch,
-                                                                          tracking):
+                                                                          tracking, step):
     port = free_port()  # nothing listens there
     tracking(f"http://admin:s3cret@127.0.0.1:{port}")
     monkeypatch.setenv("DAMNET_MLFLOW_TIMEOUT", "2")
-    line = check(["select", *pipeline["r"], "--force"], capsys, pipeline["store"],
+    line = check([step, *pipeline["r"], "--force"], capsys, pipeline["store"],
                  f"MLflow tracking at http://admin:***@127.0.0.1:{port} is not available", status=75, within=15)
     assert "s3cret" not in line
-    assert not (pipeline["store"] / "regions/newtown/steps/select.lock").exists()
+    assert not (pipeline["store"] / f"regions/newtown/steps/{step}.lock").exists()
 
 
 def test_tracking_server_that_accepts_but_never_answers(pipeline, capsys, monkeypatch, tracking):
@@ -428,3 +429,30 @@ def test_ctrl_c_or_sigterm_is_one_line_and_the_lock_is_released(pipeline, sig, s
     assert not (store / "regions/newtown/steps/finetune.lock").exists()
     after = digest(store)  # interrupted before its first checkpoint: nothing of it is stored
     assert after == before, set(after) ^ set(before)
+
+
+def test_an_error_line_never_shows_a_uris_password(capsys, monkeypatch):
+    """Whatever a step's error quotes (MLflow, SQLAlchemy and requests quote the URI they were
+    given), the printed line has the password as ***; ports, paths and e-mail addresses stay."""
+    from components import cli
+    from damnet.errors import DamnetError, redact_secrets
+
+    assert redact_secrets("API request to http://u:pw@h:5000/api failed; postgresql+psycopg2://a:b%40c@db/x") \
+        == "API request to http://u:***@h:5000/api failed; postgresql+psycopg2://a:***@db/x"
+    assert redact_secrets("http://127.0.0.1:5000/a@b, ops@example.org") == "http://127.0.0.1:5000/a@b, ops@example.org"
+
+    def fails(args):
+        raise DamnetError("models:/m@champion: cannot be resolved (API request to http://alice:s3cret@h/api)")
+
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_running(fails))
+    assert cli.main([]) == 2
+    line = one_error(capsys.readouterr().err)
+    assert "s3cret" not in line and "http://alice:***@h/api" in line
+
+
+def _parser_running(body):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(_run=body, step="x", threads=None, verbose=False)
+    return parser
