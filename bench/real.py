@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ablation import Row, _overrides, _row_cache, code_key  # noqa: E402
 
+from components.spec import option  # noqa: E402
 from damnet.data import Stream, TileSet  # noqa: E402
 from damnet.evaluate import evaluate  # noqa: E402
 from damnet.models import ChangeNet, SegDiscriminator, preset  # noqa: E402
@@ -85,8 +86,8 @@ TARGETS = {
 class Plan:
     tile: int = 256
     source_steps: int = 1500
-    adapt_steps: int = 150  #: the adapt step's default (components/step_options.py)
-    finetune_steps: int = 100  #: the finetune step's default
+    adapt_steps: int = field(default_factory=lambda: option("adapt", "--steps").default)
+    finetune_steps: int = field(default_factory=lambda: option("finetune", "--steps").default)
     oracle_steps: int = 300
     batch: int = 8
     crop: int = 128
@@ -97,7 +98,8 @@ class Plan:
     adapt: dict = field(default_factory=dict)  #: TrainConfig overrides of the adaptation
     finetune: dict = field(default_factory=dict)  #: ... of the MLFT rows
     select: dict = field(default_factory=dict)  #: keyword overrides of damnet.select.select
-    match_histograms: float = 0.0  #: the adapt step's --match-histograms (damnet.radiometry)
+    #: the adapt step's --match-histograms (damnet.radiometry)
+    match_histograms: float = field(default_factory=lambda: option("adapt", "--match-histograms").default)
 
     @classmethod
     def quick(cls) -> Plan:
@@ -494,8 +496,9 @@ def main() -> None:
                     help="override a TrainConfig field of the adaptation (repeatable)")
     ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainConfig field of the MLFT rows (repeatable)")
-    ap.add_argument("--match-histograms", type=float, default=0.0,
-                    help="the adapt step's radiometric alignment strength (0: off, the default)")
+    ap.add_argument("--match-histograms", type=float, default=None,
+                    help="the adapt step's radiometric alignment strength (0: off; default: the step's, "
+                    f"{option('adapt', '--match-histograms').default})")
     ap.add_argument("--jobs", type=int, default=1,
                     help="worker processes of one torch thread each for the training rows (2 on 2 cores: "
                     "about 1.6x sooner than 1; figures can differ in the last digits, float sums change)")
@@ -508,7 +511,8 @@ def main() -> None:
         plan.seeds = args.seeds
     plan.first_seed = args.first_seed
     plan.adapt, plan.finetune = _overrides(args.adapt_set), _overrides(args.finetune_set)
-    plan.match_histograms = args.match_histograms
+    if args.match_histograms is not None:
+        plan.match_histograms = args.match_histograms
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
 
