@@ -24,11 +24,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import rasterio
-import torch
-from affine import Affine
-from rasterio.windows import Window
+# what a damnet step does before torch loads (components/cli.py): idle OpenMP threads sleep, so
+# the reader and writer threads of predict get the CPU while the model waits
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+import torch  # noqa: E402
+from affine import Affine  # noqa: E402
+from rasterio.windows import Window  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

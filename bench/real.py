@@ -374,8 +374,10 @@ def baseline_rows(work: Path, plan: Plan, source: TileSet, src_model: ChangeNet,
     src_h = band_histograms(source)
     lut = {a: matching_lut(src_h, band_histograms(pool), a) for a in MATCHING}
     out = []
+    # (an adaptation trained with matching already reads the region through its own tables)
+    bases = ("source",) if plan.match_histograms else ("source", "adaptation")
     for a in MATCHING:
-        for base in ("source", "adaptation"):
+        for base in bases:
             name = f"{base} + histogram matching {100 * a:.0f} %"
             if name not in done:
                 row = Row(name, "0")

@@ -87,6 +87,15 @@ class TileSet:
             return all(t["tile_id"] in self.labels for t in self.tiles)
         return all(t["files"].get("label") for t in self.tiles)
 
+    def any_change(self) -> bool:
+        """Whether any valid labelled pixel of these tiles is change (reads each label; meant for
+        a few tiles, e.g. the micro set)."""
+        for i in range(len(self)):
+            _, _, label, valid = self.load(i)
+            if label is not None and bool(np.any((label > 0) & (valid > 0))):
+                return True
+        return False
+
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """(pre, post, label or None, valid) of tile ``i`` as numpy arrays."""
         if i in self._cache:

@@ -91,6 +91,10 @@ class TrainConfig:
     # the model where they speak without rewriting it elsewhere (0: off)
     anchor_weight: float = 0.0
     anchor_on: str = "all"  #: "all" valid pixels, or only those the starting model calls "change"
+    # The anchor's weight instead of anchor_weight (when that is on) if no micro label marks any
+    # change: such labels can only say "no change", and MLFT on them alone pushed the whole region
+    # towards "no change" (SZTAKI AirChange: recall -7.7 points; docs/benchmarks.md). 0: anchor_weight.
+    quiet_anchor_weight: float = 0.0
     # Photometric jitter (gain, offset, gamma, noise; each date on its own): applied to labelled
     # batches with this strength (0: off) and, with at least 1, to the student's pseudo-label input.
     photometric: float = 0.0
@@ -128,7 +132,7 @@ MODES: dict[str, TrainConfig] = {
     "adapt": TrainConfig(lambda_adv=1e-3, adv_start=0, adv_ramp=50, lr=5e-4),
     # lr 3e-4 over-fitted micro tiles without change and, without the anchor, collapsed to "no change"
     "finetune": TrainConfig(micro_weight=1.0, source_weight=0.5, lambda_adv=1e-3, lr=1e-4,
-                            anchor_weight=1.0),
+                            anchor_weight=1.0, quiet_anchor_weight=10.0),
     "pretrain": TrainConfig(source_weight=0.0, mae_weight=1.0, lr=1.5e-3),
 }
 
@@ -273,6 +277,10 @@ def fit(model: ChangeNet, cfg: TrainConfig, *, source: Stream | None = None,
     ``on_log(step, metrics)`` is called every ``log_every`` steps on rank 0.
     """
     _check_streams(cfg, source, target, micro, unlabelled)
+    if cfg.anchor_weight > 0 and cfg.quiet_anchor_weight > 0 and micro is not None and not micro.tiles.any_change():
+        log.info("no micro label marks change: anchor weight %g instead of %g", cfg.quiet_anchor_weight,
+                 cfg.anchor_weight)
+        cfg = replace(cfg, anchor_weight=cfg.quiet_anchor_weight)
     source = _match_gsd(cfg, source, target if target is not None else micro)
     rank, world = rank_world()
     ckpt_uri = storage.join(str(out_dir), CHECKPOINT) if out_dir is not None else None

@@ -312,12 +312,12 @@ def test_anchored_finetuning_keeps_the_map_of_the_model_it_starts_from(tiny_regi
             return sum(float((model(b.pre, b.post).softmax(1)[:, 1] >= 0.5).float().mean())
                        for b in tgt.iter_batches(8))
 
-    def finetuned(anchor_weight):
+    def finetuned(anchor_weight, quiet_anchor_weight=0.0, micro=quiet):
         model = copy.deepcopy(start)
         cfg = mode_config("finetune", steps=30, batch_size=4, crop=64, lr=2e-3, lambda_adv=0.0,
-                          source_weight=0.0, anchor_weight=anchor_weight)
+                          source_weight=0.0, anchor_weight=anchor_weight, quiet_anchor_weight=quiet_anchor_weight)
         unlabelled = tgt.subset(range(len(tgt)), labels=None)
-        fit(model, cfg, micro=Stream(tgt.subset(quiet), 4, 64, 0, "m"),
+        fit(model, cfg, micro=Stream(tgt.subset(micro), 4, 64, 0, "m"),
             target=Stream(unlabelled, 4, 64, 0, "t"), progress=False)
         return predicted_change(model)
 
@@ -326,6 +326,12 @@ def test_anchored_finetuning_keeps_the_map_of_the_model_it_starts_from(tiny_regi
     plain, anchored = finetuned(0.0), finetuned(5.0)
     assert plain < 0.5 * before  # taught only "no change": the map drains
     assert anchored > 2 * plain and anchored > 0.5 * before
+    # quiet_anchor_weight: the anchor's weight when no micro label marks change, and only then
+    assert finetuned(0.2, quiet_anchor_weight=5.0) == anchored
+    busy = [i for i, t in enumerate(tgt.tiles) if t["change_fraction"]][:1]
+    assert tgt.subset(busy).any_change() and not tgt.subset(quiet).any_change()
+    assert finetuned(0.2, 5.0, micro=busy) == finetuned(0.2, micro=busy) != finetuned(5.0, micro=busy)
+    assert mode_config("finetune").quiet_anchor_weight > mode_config("finetune").anchor_weight
 
 
 def test_histogram_matching_gives_each_band_the_reference_values_and_keeps_pixel_order():
