@@ -11,6 +11,7 @@ precision-recall plots.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from components.inputs import micro_labels, model_input, source_holdout, source_split_input, tiles_of
 from components.records import Layout, StepError, StepInput, input_of, read_record, upstream, write_json
@@ -77,7 +78,10 @@ def run(args: argparse.Namespace) -> None:
             for set_name, tiles in sets.items():
                 hist = ScoreHistogram()
                 per_tile: dict[str, Confusion] | None = {} if set_name == "audit" else None
-                conf = evaluate(model, tiles, device=args.device, histogram=hist, per_tile=per_tile)
+                # the source holdout has the source's radiometry: the region's input tables
+                # (--match-histograms) would distort it, so forgetting is measured without them
+                with model.tables_off() if set_name == "source_holdout" else contextlib.nullcontext():
+                    conf = evaluate(model, tiles, device=args.device, histogram=hist, per_tile=per_tile)
                 results[who][set_name] = {**conf.as_dict(), "average_precision": hist.average_precision,
                                           "tiles": len(tiles)}
                 if per_tile is not None:

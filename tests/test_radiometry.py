@@ -63,6 +63,10 @@ def test_the_model_reads_its_inputs_through_its_tables_and_keeps_them_in_its_wei
         clone = ChangeNet(preset("tiny")).eval()
         clone.load_state_dict(model.state_dict())
         assert clone.matching and torch.allclose(clone(pre, post), matched)
+        # imagery of another region (the gate's source holdout) is read without the tables
+        with model.tables_off():
+            assert torch.allclose(model(pre, post), plain)
+        assert model.matching and torch.allclose(model(pre, post), matched)
         # A checkpoint from before input tables existed reads its inputs as they are.
         old = {k: v for k, v in model.state_dict().items() if k != "input_lut"}
         again = ChangeNet(preset("tiny")).eval()

@@ -6,7 +6,9 @@ logits (B, 2, H, W): class 0 no change, class 1 change.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -181,6 +183,16 @@ class ChangeNet(nn.Module):
             raise ValueError(f"an input table is (2 dates, 3 bands, 256 values), got {tuple(lut.shape)}")
         self.input_lut.copy_(lut.to(torch.uint8))
         self.matching = not torch.equal(self.input_lut.cpu(), identity_lut())
+
+    @contextlib.contextmanager
+    def tables_off(self) -> Iterator[ChangeNet]:
+        """Inside: read inputs as they are, not through the region's input tables (for imagery of
+        another region, e.g. the source holdout, which already has the source's radiometry)."""
+        matching, self.matching = self.matching, False
+        try:
+            yield self
+        finally:
+            self.matching = matching
 
     def align(self, pre: torch.Tensor, post: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``pre`` and ``post`` (uint8) through the input tables (as they are without any)."""
