@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from components.records import Layout, StepInput
 from damnet import storage
-from damnet.errors import DamnetError, Unavailable
+from damnet.errors import DamnetError, Unavailable, redact_secrets
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -33,13 +33,7 @@ if TYPE_CHECKING:
 
 def redact(uri: str) -> str:
     """``uri`` without a password (``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db``)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return redact_secrets(uri)
 
 
 TIMEOUT_ENV = "DAMNET_MLFLOW_TIMEOUT"

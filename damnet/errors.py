@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
-#: ``scheme://user:password@``: a URI's password (percent-encoded, so no ``/``, ``@`` or space)
-_URI_PASSWORD = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*):[^\s/@]+@")
+#: ``scheme://user:password@host``: a URI's password, up to the last ``@`` before the path (a
+#: password should be percent-encoded, but one with a raw ``@`` is still hidden whole)
+_URI_PASSWORD = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*):[^\s/]+@")
 
 
 def redact_secrets(text: str) -> str:

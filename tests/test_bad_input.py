@@ -440,6 +440,7 @@ def test_an_error_line_never_shows_a_uris_password(capsys, monkeypatch):
     assert redact_secrets("API request to http://u:pw@h:5000/api failed; postgresql+psycopg2://a:b%40c@db/x") \
         == "API request to http://u:***@h:5000/api failed; postgresql+psycopg2://a:***@db/x"
     assert redact_secrets("http://127.0.0.1:5000/a@b, ops@example.org") == "http://127.0.0.1:5000/a@b, ops@example.org"
+    assert redact_secrets("mysql://u:p@ss@db/x and http://v:w@h") == "mysql://u:***@db/x and http://v:***@h"
 
     def fails(args):
         raise DamnetError("models:/m@champion: cannot be resolved (API request to http://alice:s3cret@h/api)")
